@@ -1,0 +1,132 @@
+"""The one exception family for everything that can go wrong talking to KPS or IAM."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+
+_RAW_TEXT_LIMIT = 300  # enough to recognise an HTML error page, short enough for a Slack message
+
+
+class KPSError(Exception):
+    """Base of every KPS/IAM failure; `str()` is safe to show a user."""
+
+    retryable: bool = False
+
+
+class KPSAPIError(KPSError):
+    """KPS, IAM or their API gateway answered with an error status."""
+
+    def __init__(
+        self,
+        status: int,
+        error_code: str,
+        error_msg: str,
+        request_id: str | None,
+        *,
+        service: str = "KPS",
+    ) -> None:
+        self.status = status
+        self.error_code = error_code
+        self.error_msg = error_msg
+        self.request_id = request_id
+        self.service = service
+        super().__init__(self._describe())
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return self.status == 429 or self.status >= 500
+
+    def _describe(self) -> str:
+        rid = f", request id {self.request_id}" if self.request_id else ""
+        return f"{self.service} answered HTTP {self.status}: {self.error_code} {self.error_msg}{rid}"
+
+
+class KPSTimeout(KPSError):
+    """KPS did not answer in time."""
+
+    retryable = True
+
+
+class KPSConnectionError(KPSError):
+    """KPS could not be reached at all (DNS, refused, TLS, reset)."""
+
+    retryable = True
+
+
+class KPSBadResponse(KPSError):
+    """KPS answered 2xx with a body that is not the documented JSON."""
+
+    def __init__(self, detail: str, *, status: int, request_id: str | None) -> None:
+        self.detail = detail
+        self.status = status
+        self.request_id = request_id
+        rid = f" (request id {request_id})" if request_id else ""
+        super().__init__(f"KPS sent a response that could not be read: {detail}{rid}")
+
+
+def request_id_of(response: httpx.Response) -> str | None:
+    """The request id Huawei Cloud puts in a response header."""
+    return response.headers.get("X-Request-Id") or response.headers.get("X-Openstack-Request-Id")
+
+
+def decode_error(response: httpx.Response, *, service: str = "KPS") -> KPSAPIError:
+    """Turn any error body shape Huawei Cloud is known to send into one `KPSAPIError`.
+
+    Shapes, in the order the SDK's DefaultExceptionHandler tries them (research/kps-api.md §3):
+    flat `{"error_code","error_msg"}` (KPS, APIG.*/APIGW.* with `request_id`), nested
+    `{"error": {...}}` (KMS on the same host), Keystone `{"error": {"code","message","title"}}`
+    (IAM), camelCase variants; else the status and the start of the raw text.
+    """
+    status = response.status_code
+    request_id = request_id_of(response)
+    body: Any = None
+    try:
+        body = json.loads(response.content)
+    except (ValueError, UnicodeDecodeError):
+        body = None
+    found = _find_code_and_message(body) if isinstance(body, dict) else None
+    if isinstance(body, dict) and request_id is None:
+        rid = body.get("request_id")
+        request_id = rid if isinstance(rid, str) and rid else None
+    if found is None:
+        return KPSAPIError(status, str(status), _raw_text(response), request_id, service=service)
+    code, message = found
+    return KPSAPIError(status, code, message, request_id, service=service)
+
+
+def _find_code_and_message(body: dict[str, Any], depth: int = 0) -> tuple[str, str] | None:
+    for code_key, msg_key in (("error_code", "error_msg"), ("errorCode", "errorMsg")):
+        if code_key in body or msg_key in body:
+            return _text(body.get(code_key)), _text(body.get(msg_key))
+    if "code" in body and "message" in body:
+        title = body.get("title")
+        message = _text(body.get("message"))
+        if isinstance(title, str) and title and title not in message:
+            message = f"{title}: {message}"
+        return _text(body.get("code")), message
+    if depth < 3:
+        for value in body.values():
+            if isinstance(value, dict):
+                found = _find_code_and_message(value, depth + 1)
+                if found is not None:
+                    return found
+    return None
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _raw_text(response: httpx.Response) -> str:
+    text = response.content.decode("utf-8", errors="replace").strip()
+    if not text:
+        return response.reason_phrase or "no body"
+    if text.lstrip().startswith("<"):
+        # An HTML error page from a proxy or gateway: its markup means nothing to a user.
+        return f"{response.reason_phrase or 'error'} (HTML error page)"
+    return text[:_RAW_TEXT_LIMIT]
