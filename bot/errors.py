@@ -41,7 +41,9 @@ class KPSAPIError(KPSError):
 
     def _describe(self) -> str:
         rid = f", request id {self.request_id}" if self.request_id else ""
-        return f"{self.service} answered HTTP {self.status}: {self.error_code} {self.error_msg}{rid}"
+        return (
+            f"{self.service} answered HTTP {self.status}: {self.error_code} {self.error_msg}{rid}"
+        )
 
 
 class KPSTimeout(KPSError):
@@ -69,7 +71,10 @@ class KPSBadResponse(KPSError):
 
 def request_id_of(response: httpx.Response) -> str | None:
     """The request id Huawei Cloud puts in a response header."""
-    return response.headers.get("X-Request-Id") or response.headers.get("X-Openstack-Request-Id")
+    value: str | None = response.headers.get("X-Request-Id") or response.headers.get(
+        "X-Openstack-Request-Id"
+    )
+    return value
 
 
 def decode_error(response: httpx.Response, *, service: str = "KPS") -> KPSAPIError:

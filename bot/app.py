@@ -1,0 +1,175 @@
+"""The one place where Bolt, the HTTP clients and the KPS client are built and wired together."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import httpx
+from slack_bolt.async_app import AsyncApp
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_bolt.response import BoltResponse
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot import handlers
+from bot.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
+from bot.blocks import build_notice
+from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings, TokenAuthSettings
+from bot.kps import KPSClient, RetryPolicy
+from bot.logs import correlation_id, new_correlation_id, register_secret
+from bot.replies import Replies
+from bot.services import CONTEXT_KEY, Services
+
+log = logging.getLogger(__name__)
+
+
+def build_kps_auth(settings: Settings) -> httpx.Auth:
+    """The `httpx.Auth` for the configured KPS auth mode."""
+    auth = settings.auth
+    if isinstance(auth, TokenAuthSettings):
+        return StaticTokenAuth(auth.token)
+    if isinstance(auth, PasswordAuthSettings):
+        return IamPasswordAuth(
+            iam_endpoint=settings.iam_endpoint,
+            username=auth.username,
+            password=auth.password,
+            domain=auth.domain,
+            project_id=settings.project_id,
+        )
+    if isinstance(auth, AkSkAuthSettings):
+        return AkSkAuth(
+            ak=auth.ak,
+            sk=auth.sk,
+            project_id=settings.project_id,
+            security_token=auth.security_token,
+        )
+    raise TypeError(f"unknown auth settings {type(auth).__name__}")
+
+
+def slack_retry_handlers() -> list[AsyncRetryHandler]:
+    """Retry connection errors, 429 (after Retry-After) and 5xx; slack_sdk only does the first."""
+    return [
+        AsyncConnectionErrorRetryHandler(max_retry_count=2),
+        AsyncRateLimitErrorRetryHandler(max_retry_count=2),
+        AsyncServerErrorRetryHandler(max_retry_count=2),
+    ]
+
+
+@dataclass
+class Runtime:
+    """Everything built at start-up, and the one method that closes it all."""
+
+    settings: Settings
+    app: AsyncApp
+    services: Services
+    slack: AsyncWebClient
+    http: httpx.AsyncClient
+    session: aiohttp.ClientSession
+
+    async def aclose(self) -> None:
+        """Close the pooled clients."""
+        await self.http.aclose()
+        await self.session.close()
+
+
+def build_runtime(
+    settings: Settings, *, kps_transport: httpx.AsyncBaseTransport | None = None
+) -> Runtime:
+    """Build the clients and the Bolt app; must be called inside a running event loop."""
+    for secret in settings.secret_values():
+        register_secret(secret)
+    timeout = httpx.Timeout(settings.kps_timeout, connect=min(5.0, settings.kps_timeout))
+    http = httpx.AsyncClient(
+        auth=build_kps_auth(settings),
+        timeout=timeout,
+        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+        transport=kps_transport,
+        headers={"User-Agent": "kps-bot/0.1"},
+    )
+    kps = KPSClient(
+        http,
+        endpoint=settings.kps_endpoint,
+        project_id=settings.project_id,
+        retry=RetryPolicy(attempts=settings.kps_max_attempts),
+    )
+    # One aiohttp session for the Web API and every response_url post: pooled connections.
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
+    retry = slack_retry_handlers()
+    slack = AsyncWebClient(
+        token=settings.slack_bot_token.reveal(),
+        base_url=settings.slack_api_url,
+        session=session,
+        retry_handlers=retry,
+    )
+    services = Services(settings=settings, kps=kps, replies=Replies(session, retry_handlers=retry))
+    app = build_app(settings, slack, services)
+    return Runtime(settings, app, services, slack, http, session)
+
+
+def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> AsyncApp:
+    """The Bolt app with its middleware, listeners and error hook."""
+    signing_secret = settings.slack_signing_secret
+    app = AsyncApp(
+        client=slack,
+        # Socket Mode requests are not signed; HTTP mode always verifies (config requires it).
+        signing_secret=signing_secret.reveal() if signing_secret else None,
+        request_verification_enabled=not settings.socket_mode,
+        process_before_response=False,
+    )
+
+    async def provide(context: AsyncBoltContext, next: Callable[[], Awaitable[None]]) -> None:
+        context[CONTEXT_KEY] = services
+        await next()
+
+    async def log_request(
+        body: dict[str, Any], context: AsyncBoltContext, next: Callable[[], Awaitable[None]]
+    ) -> None:
+        cid = new_correlation_id()
+        context["correlation_id"] = cid
+        log.info("slack request", extra=_describe(body))
+        await next()
+
+    app.use(log_request)
+    app.use(provide)
+    handlers.register(app)
+
+    async def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse | None:
+        log.error("unhandled error in a listener", exc_info=error)
+        url = body.get("response_url")
+        if isinstance(url, str):
+            cid = correlation_id.get() or "unknown"
+            notice = build_notice(
+                f"Something went wrong on our side. It has been logged with id `{cid}`."
+            )
+            await services.replies.send(url, notice)
+        return None
+
+    app.error(on_error)
+    return app
+
+
+def _describe(body: dict[str, Any]) -> dict[str, Any]:
+    """The few fields of a Slack payload worth one log line, never tokens or free text."""
+    kind = body.get("type") or ("command" if "command" in body else "unknown")
+    detail: dict[str, Any] = {"kind": kind}
+    if "command" in body:
+        detail["command"] = body.get("command")
+        detail["user"] = body.get("user_id")
+    elif kind == "block_actions":
+        actions = body.get("actions") or [{}]
+        detail["action"] = actions[0].get("action_id")
+        detail["user"] = (body.get("user") or {}).get("id")
+    elif kind == "event_callback":
+        event = body.get("event") or {}
+        detail["event"] = event.get("type")
+        detail["user"] = event.get("user")
+    return detail

@@ -1,0 +1,79 @@
+"""Buttons: paging, refresh, retry, share, and the Home tab's list button."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.blocks import BadButtonValue, PageRef, build_notice
+from bot.handlers.pages import render_listing
+from bot.services import Services, services_of
+
+
+async def handle_page(
+    ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+) -> None:
+    """Previous, Next, Refresh and Retry: replace the message that holds the button."""
+    services = services_of(context)
+    async with services.inflight.hold():
+        await ack()
+        ref = await _ref_or_complain(services, body, action)
+        if ref is None:
+            return
+        message = await render_listing(services, ref)
+        # Each click carries a fresh response_url, and replacing through it also works on the
+        # ephemeral pages that chat.update cannot edit (research/slack-bolt.md §1).
+        await services.replies.send(body["response_url"], message, replace_original=True)
+
+
+async def handle_share(
+    ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+) -> None:
+    """Post the page the user is looking at to the channel, for everyone."""
+    services = services_of(context)
+    async with services.inflight.hold():
+        await ack()
+        ref = await _ref_or_complain(services, body, action)
+        if ref is None:
+            return
+        user = body.get("user", {}).get("id")
+        message = await render_listing(
+            services, ref, shared_by=user if isinstance(user, str) else None
+        )
+        # An in_channel response needs no channel membership, unlike chat.postMessage.
+        await services.replies.send(body["response_url"], message, response_type="in_channel")
+
+
+async def handle_list(
+    ack: AsyncAck,
+    body: dict[str, Any],
+    action: dict[str, Any],
+    context: AsyncBoltContext,
+    client: AsyncWebClient,
+) -> None:
+    """The Home tab's button: a Home view has no response_url, so the page goes to the DM."""
+    services = services_of(context)
+    async with services.inflight.hold():
+        await ack()
+        ref = await _ref_or_complain(services, body, action)
+        user = body.get("user", {}).get("id")
+        if ref is None or not isinstance(user, str):
+            return
+        message = await render_listing(services, ref)
+        await client.chat_postMessage(channel=user, **message.as_payload())
+
+
+async def _ref_or_complain(
+    services: Services, body: dict[str, Any], action: dict[str, Any]
+) -> PageRef | None:
+    try:
+        return PageRef.parse(str(action.get("value", "")))
+    except BadButtonValue as error:
+        url = body.get("response_url")
+        if isinstance(url, str):
+            notice = build_notice(f"That button could not be read ({error}). Run `/kps` again.")
+            await services.replies.send(url, notice)
+        return None

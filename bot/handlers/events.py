@@ -1,0 +1,69 @@
+"""Events: @-mentions answered in a thread, and the Home tab."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.blocks import HomeSummary, PageRef, build_help, build_home, build_usage_error
+from bot.errors import KPSError
+from bot.handlers.pages import render_listing
+from bot.intent import ListTasks, ShowHelp, parse_mention
+from bot.listing import census
+from bot.services import services_of
+
+log = logging.getLogger(__name__)
+
+
+async def handle_mention(
+    body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient
+) -> None:
+    """`@kps-bot tasks [words]` or `help`, answered in the mention's thread."""
+    services = services_of(context)
+    if not services.seen_events.first_time(str(body.get("event_id", ""))):
+        log.info("duplicate event delivery ignored")
+        return
+    async with services.inflight.hold():
+        intent = parse_mention(event.get("text"))
+        if isinstance(intent, ListTasks):
+            ref = PageRef(offset=0, page_size=services.settings.page_size, query=intent.query)
+            message = await render_listing(services, ref)
+        elif isinstance(intent, ShowHelp):
+            message = build_help()
+        else:
+            message = build_usage_error(intent.text)
+        await client.chat_postMessage(
+            channel=event["channel"],
+            thread_ts=event.get("thread_ts") or event["ts"],
+            **message.as_payload(),
+        )
+
+
+async def handle_home(
+    event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient
+) -> None:
+    """A live summary on the Home tab: running, stale, the oldest, and a button to list them."""
+    if event.get("tab", "home") != "home":
+        return
+    services = services_of(context)
+    async with services.inflight.hold():
+        ctx = services.page_context()
+        error: KPSError | None = None
+        try:
+            snapshot = await services.kps.walk_running_tasks()
+            counts = census(snapshot.tasks, now=ctx.now, stale_after=ctx.stale_after)
+        except KPSError as exc:
+            error = exc
+            counts = census((), now=ctx.now, stale_after=ctx.stale_after)
+        summary = HomeSummary(
+            running=counts.running,
+            stale=counts.stale,
+            oldest=counts.oldest,
+            fetched_at=ctx.fetched_at,
+            problems=(),
+            error=error,
+        )
+        await client.views_publish(user_id=event["user"], view=build_home(summary, ctx))

@@ -1,0 +1,70 @@
+"""Which tasks a page shows: KPS paging for the plain list, a filtered walk for a query."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from bot.blocks import PageRef
+from bot.kps import KPSClient
+from bot.tasks import Task
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """The tasks on one page, the total they come from, and the page actually shown."""
+
+    tasks: tuple[Task, ...]
+    total: int
+    ref: PageRef
+
+
+async def fetch_listing(kps: KPSClient, ref: PageRef) -> Listing:
+    """The page `ref` asks for; when the list shrank under the user, its last page instead."""
+    if ref.query:
+        snapshot = await kps.walk_running_tasks()
+        found = filter_tasks(snapshot.tasks, ref.query)
+        shown = clamp(ref, len(found))
+        end = shown.offset + shown.page_size
+        return Listing(tuple(found[shown.offset : end]), len(found), shown)
+    page = await kps.list_running_tasks(ref.page_size, ref.offset)
+    shown = clamp(ref, page.total)
+    if shown != ref:
+        page = await kps.list_running_tasks(shown.page_size, shown.offset)
+    return Listing(page.tasks[: shown.page_size], page.total, shown)
+
+
+def clamp(ref: PageRef, total: int) -> PageRef:
+    """`ref` moved back to the last page that exists for `total` tasks."""
+    if ref.offset < total or ref.offset == 0:
+        return ref
+    last = max(0, (total - 1) // ref.page_size * ref.page_size)
+    return replace(ref, offset=last)
+
+
+def filter_tasks(tasks: Iterable[Task], query: str) -> list[Task]:
+    """Tasks whose server or key pair name contains every word of `query`, ignoring case."""
+    words = query.casefold().split()
+    return [
+        task
+        for task in tasks
+        if all(w in task.server_name.casefold() or w in task.keypair_name.casefold() for w in words)
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class Census:
+    """How many tasks run, how many of them are stale, and the oldest."""
+
+    running: int
+    stale: int
+    oldest: Task | None
+
+
+def census(tasks: Sequence[Task], *, now: datetime, stale_after: timedelta) -> Census:
+    """Counts for the Home tab, from one walk."""
+    dated = [t for t in tasks if t.started_at is not None]
+    stale = sum(1 for t in dated if t.started_at is not None and now - t.started_at >= stale_after)
+    oldest = min(dated, key=lambda t: t.started_at or now, default=None)
+    return Census(running=len(tasks), stale=stale, oldest=oldest)

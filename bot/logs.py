@@ -1,0 +1,239 @@
+"""Logging set-up: one line per record (text or JSON), a correlation id, and secret redaction."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import secrets
+import sys
+import threading
+from collections.abc import Mapping
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import IO, Any, Final
+from urllib.parse import quote
+
+REDACTED: Final = "[redacted]"
+LOG_FORMATS: Final = ("text", "json")
+
+correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
+
+_VALUE = r"""[^\s'",;)}\]]+"""  # a bare value ends at whitespace, a quote or a closing bracket
+_PATTERNS: Final = (
+    # Slack bot, user, app-level and refresh tokens (xoxb-, xoxp-, xapp-, xoxe.xoxp-…).
+    (re.compile(r"\b(?:xox[a-z]\.)?xox[a-z]-[A-Za-z0-9-]+|\bxapp-[A-Za-z0-9-]+"), REDACTED),
+    # IAM tokens (X-Auth-Token, X-Subject-Token, X-Security-Token) and the replayable Slack
+    # signature, whether written as "Header: value" or as a dict repr.
+    (
+        re.compile(
+            r"""(?i)(\bX-(?:Auth-Token|Subject-Token|Security-Token|Slack-Signature)['"]?"""
+            rf"""\s*[:=]\s*['"]?){_VALUE}"""
+        ),
+        rf"\g<1>{REDACTED}",
+    ),
+    # The AK/SK signature: Authorization: SDK-HMAC-SHA256 Access=…, SignedHeaders=…, Signature=…
+    (re.compile(rf"(?i)(\bSignature=){_VALUE}"), rf"\g<1>{REDACTED}"),
+    (re.compile(rf"(?i)(\bBearer\s+){_VALUE}"), rf"\g<1>{REDACTED}"),
+    # The password in a URL such as postgresql+asyncpg://kps:password@db/kps.
+    (re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/\s@]+:)[^@\s/]+@"), rf"\g<1>{REDACTED}@"),
+    # password=…, "client_secret": "…", security_token: … ({ or [ after the key is a nested
+    # object, whose own keys are matched in turn).
+    (
+        re.compile(
+            r"""(?i)(\b[\w.-]*(?:password|passwd|secret|token)[\w.-]*['"]?\s*[:=]\s*)"""
+            r"""("[^"]*"|'[^']*'|[^\s'",;&)}\]{\[]+)"""
+        ),
+        rf"\g<1>{REDACTED}",
+    ),
+)
+_FORMATTER: Final = logging.Formatter()
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD_ATTRIBUTES: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "correlation_id",
+}
+_installed: logging.Handler | None = None  # the handler configure_logging put on the root logger
+_SECRET_KEY = re.compile(r"(?i)password|passwd|secret|token|signature|^sk$|^authorization$")
+
+
+class Redactor:
+    """Replaces credentials in text: known token shapes plus exact values registered at start-up."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._values: set[str] = set()
+        self._exact: re.Pattern[str] | None = None
+
+    def register(self, value: str) -> None:
+        """Hide this exact value, and its URL- and JSON-escaped forms, from now on."""
+        if not value:
+            return
+        forms = {value, quote(value, safe=""), json.dumps(value)[1:-1]}
+        with self._lock:
+            self._values |= forms
+            # Longest first, so a secret that contains another is replaced whole.
+            ordered = sorted(self._values, key=len, reverse=True)
+            self._exact = re.compile("|".join(re.escape(form) for form in ordered))
+
+    def redact(self, text: str) -> str:
+        """Return `text` with every credential replaced by [redacted]."""
+        exact = self._exact
+        if exact is not None:
+            text = exact.sub(REDACTED, text)
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        return text
+
+    def redact_value(self, value: Any, key: str = "") -> Any:
+        """Redact strings inside an `extra` value; values under secret-sounding keys go whole."""
+        if isinstance(value, str):
+            return REDACTED if _SECRET_KEY.search(key) else self.redact(value)
+        if isinstance(value, Mapping):
+            return {k: self.redact_value(v, str(k)) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self.redact_value(item, key) for item in value]
+        return value
+
+
+_redactor = Redactor()
+
+
+def register_secret(value: str) -> None:
+    """Hide this exact value in every log line from now on (the app registers config secrets)."""
+    _redactor.register(value)
+
+
+def new_correlation_id() -> str:
+    """Start a correlation id for the current request or scan and return it."""
+    value = secrets.token_hex(4)
+    correlation_id.set(value)
+    return value
+
+
+class CorrelationFilter(logging.Filter):
+    """Stamps each record with the correlation id of the context that logged it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "correlation_id", None) is None:
+            record.correlation_id = correlation_id.get()
+        return True
+
+
+class RedactionFilter(logging.Filter):
+    """Redacts the formatted message, the traceback, the stack and `extra` values of a record."""
+
+    def __init__(self, redactor: Redactor | None = None) -> None:
+        super().__init__()
+        self._redactor = redactor or _redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        redact = self._redactor.redact
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # arguments that do not fit the format string
+            message = f"{record.msg} (log arguments did not match the format)"
+        # Redact after %-formatting: a secret may arrive through the arguments.
+        record.msg, record.args = redact(message), None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in _extras(record).items():
+            setattr(record, key, self._redactor.redact_value(value, key))
+        return True
+
+
+class TextFormatter(logging.Formatter):
+    """`time LEVEL logger [correlation id] message`, with any traceback on the same line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [_timestamp(record), record.levelname, record.name]
+        if cid := getattr(record, "correlation_id", None):
+            parts.append(f"[{cid}]")
+        parts.append(record.getMessage())
+        if trace := _trace(record):
+            parts.append(f"| {trace}")
+        # One line per record, so that a log collector keeps a traceback in one entry.
+        return " ".join(parts).replace("\r", "").replace("\n", "\\n")
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, correlation id, exc, extras."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        payload: dict[str, Any] = {
+            "time": _timestamp(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if cid := getattr(record, "correlation_id", None):
+            payload["correlation_id"] = cid
+        if trace := _trace(record):
+            payload["exc"] = trace
+        for key, value in _extras(record).items():
+            if key not in payload and _json_safe(value):
+                payload[key] = value
+        return json.dumps(payload, ensure_ascii=False)
+
+
+def configure_logging(
+    fmt: str = "text", level: str = "INFO", stream: IO[str] | None = None
+) -> None:
+    """Send every record to `stream` (default stderr) as one redacted text or JSON line."""
+    global _installed  # logging configuration is process-wide by nature
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}, not {fmt!r}")
+    numeric = logging.getLevelNamesMapping().get(level.upper())
+    if numeric is None:
+        raise ValueError(f"unknown log level {level!r}")
+
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.addFilter(CorrelationFilter())
+    handler.addFilter(RedactionFilter())
+    handler.setFormatter(JSONFormatter() if fmt == "json" else TextFormatter())
+
+    root = logging.getLogger()
+    if _installed is not None:
+        root.removeHandler(_installed)
+    root.addHandler(handler)
+    root.setLevel(numeric)
+    _installed = handler
+    # httpx logs every request at INFO; at one KPS poll a minute that is noise unless debugging.
+    logging.getLogger("httpx").setLevel(
+        logging.NOTSET if numeric <= logging.DEBUG else logging.WARNING
+    )
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    moment = datetime.fromtimestamp(record.created, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _trace(record: logging.LogRecord) -> str:
+    text = record.exc_text or ""
+    if record.exc_info and not text:
+        text = _FORMATTER.formatException(record.exc_info)
+    if record.stack_info:
+        text = f"{text}\n{record.stack_info}" if text else record.stack_info
+    return text
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    return {
+        key: value
+        for key, value in vars(record).items()
+        if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")
+    }
+
+
+def _json_safe(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True

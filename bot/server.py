@@ -1,0 +1,86 @@
+"""Runs the bot in Socket Mode or HTTP mode until SIGTERM, then shuts down cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+from bot.app import Runtime, build_runtime
+from bot.config import Settings
+
+log = logging.getLogger(__name__)
+
+SLACK_PATH = "/slack/events"
+DRAIN_SECONDS = 25.0  # Heroku and Kubernetes both allow about 30 s between SIGTERM and SIGKILL
+
+
+def build_web_app(runtime: Runtime, stopping: asyncio.Event) -> web.Application:
+    """Bolt's aiohttp app for `/slack/events` plus `GET /healthz`."""
+    web_app = runtime.app.web_app(path=SLACK_PATH)
+
+    async def healthz(_: web.Request) -> web.Response:
+        if stopping.is_set():
+            return web.json_response({"status": "stopping"}, status=503)
+        body = {"status": "ok", "mode": "http", "in_flight": runtime.services.inflight.count}
+        return web.json_response(body)
+
+    web_app.router.add_get("/healthz", healthz)
+    return web_app
+
+
+async def serve(
+    settings: Settings, *, stop: asyncio.Event | None = None, handle_signals: bool = True
+) -> int:
+    """Run until `stop` is set (SIGTERM and SIGINT set it); 0 after a clean shutdown."""
+    stop = stop or asyncio.Event()
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    runtime = build_runtime(settings)
+    try:
+        if settings.socket_mode:
+            await _serve_socket(runtime, stop)
+        else:
+            await _serve_http(runtime, stop)
+    finally:
+        await runtime.aclose()
+    log.info("stopped cleanly")
+    return 0
+
+
+async def _serve_socket(runtime: Runtime, stop: asyncio.Event) -> None:
+    app_token = runtime.settings.slack_app_token
+    assert app_token is not None  # socket_mode means it is set
+    handler = AsyncSocketModeHandler(runtime.app, app_token.reveal())
+    await handler.connect_async()  # type: ignore[no-untyped-call]
+    log.info("connected to Slack in Socket Mode")
+    await stop.wait()
+    log.info("stopping: closing the Socket Mode connection, finishing work in flight")
+    await handler.close_async()  # type: ignore[no-untyped-call]
+    await _drain(runtime)
+
+
+async def _serve_http(runtime: Runtime, stop: asyncio.Event) -> None:
+    web_app = build_web_app(runtime, stop)
+    runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+    await runner.setup()
+    site = web.TCPSite(runner, "0.0.0.0", runtime.settings.port)
+    await site.start()
+    log.info("listening", extra={"port": runtime.settings.port, "path": SLACK_PATH})
+    await stop.wait()
+    log.info("stopping: refusing new requests, finishing work in flight")
+    await site.stop()
+    await _drain(runtime)
+    await runner.cleanup()
+
+
+async def _drain(runtime: Runtime) -> None:
+    if not await runtime.services.inflight.drain(DRAIN_SECONDS):
+        log.warning(
+            "gave up waiting for work in flight", extra={"left": runtime.services.inflight.count}
+        )

@@ -1,0 +1,314 @@
+"""Logging: one text or JSON line per record, the correlation id, and redaction of secrets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import io
+import json
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterator
+from urllib.parse import quote
+
+import pytest
+
+from bot.logs import (
+    REDACTED,
+    configure_logging,
+    correlation_id,
+    new_correlation_id,
+    register_secret,
+)
+
+TEXT_LINE = re.compile(
+    r"(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<level>[A-Z]+) (?P<logger>\S+)"
+    r"(?: \[(?P<cid>[0-9a-f]+)\])? (?P<message>.*)"
+)
+
+Configure = Callable[..., io.StringIO]
+
+
+@pytest.fixture
+def configure() -> Iterator[Configure]:
+    """Configure logging into a StringIO; restore the root logger afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    httpx_level = logging.getLogger("httpx").level
+
+    def setup(fmt: str = "text", level: str = "INFO") -> io.StringIO:
+        stream = io.StringIO()
+        configure_logging(fmt, level, stream)
+        return stream
+
+    yield setup
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    logging.getLogger("httpx").setLevel(httpx_level)
+
+
+def lines(stream: io.StringIO) -> list[str]:
+    return stream.getvalue().splitlines()
+
+
+def in_new_context(function: Callable[[], None]) -> None:
+    """Run without leaking a correlation id into other tests."""
+    contextvars.copy_context().run(function)
+
+
+log = logging.getLogger("tests.logs")
+
+
+def test_text_line_shape(configure: Configure) -> None:
+    stream = configure("text")
+
+    log.info("scanned %d running tasks", 3)
+
+    (line,) = lines(stream)
+    match = TEXT_LINE.fullmatch(line)
+    assert match, line
+    assert match["level"] == "INFO"
+    assert match["logger"] == "tests.logs"
+    assert match["cid"] is None
+    assert match["message"] == "scanned 3 running tasks"
+
+
+def test_json_line_shape_with_extras(configure: Configure) -> None:
+    stream = configure("json")
+
+    log.warning("KPS slow", extra={"elapsed_ms": 1234, "tasks": ["t1", "t2"], "client": object()})
+
+    (line,) = lines(stream)
+    record = json.loads(line)
+    assert record.pop("time").endswith("Z")
+    assert record == {
+        "level": "WARNING",
+        "logger": "tests.logs",
+        "message": "KPS slow",
+        "elapsed_ms": 1234,
+        "tasks": ["t1", "t2"],
+    }  # the object() extra is not JSON-safe, so it is left out
+
+
+def test_level_filters_records(configure: Configure) -> None:
+    stream = configure("text", "WARNING")
+
+    log.info("quiet")
+    log.error("loud")
+
+    assert [TEXT_LINE.fullmatch(line)["message"] for line in lines(stream)] == ["loud"]  # type: ignore[index]
+
+
+def test_reconfiguring_replaces_the_handler(configure: Configure) -> None:
+    first = configure("text")
+    second = configure("json")
+
+    log.info("once")
+
+    assert lines(first) == []
+    assert len(lines(second)) == 1
+
+
+def test_unknown_format_or_level_is_refused() -> None:
+    with pytest.raises(ValueError, match="log format"):
+        configure_logging("xml", "INFO", io.StringIO())
+    with pytest.raises(ValueError, match="log level"):
+        configure_logging("text", "LOUD", io.StringIO())
+
+
+def test_correlation_id_on_every_line_in_its_context(configure: Configure) -> None:
+    text = configure("text")
+    seen: list[str] = []
+
+    def handle_request() -> None:
+        seen.append(new_correlation_id())
+        log.info("first")
+        log.info("second")
+
+    in_new_context(handle_request)
+    log.info("outside")
+
+    cids = [TEXT_LINE.fullmatch(line)["cid"] for line in lines(text)]  # type: ignore[index]
+    assert re.fullmatch(r"[0-9a-f]{8}", seen[0])
+    assert cids == [seen[0], seen[0], None]
+
+
+def test_correlation_id_in_json(configure: Configure) -> None:
+    stream = configure("json")
+
+    def scan() -> None:
+        cid = new_correlation_id()
+        log.info("scan")
+        assert json.loads(lines(stream)[-1])["correlation_id"] == cid
+
+    in_new_context(scan)
+    log.info("no scan")
+
+    assert "correlation_id" not in json.loads(lines(stream)[-1])
+
+
+async def test_concurrent_tasks_keep_their_own_correlation_ids(configure: Configure) -> None:
+    stream = configure("json")
+
+    async def request(name: str) -> str:
+        cid = new_correlation_id()
+        await asyncio.sleep(0)
+        log.info(name)
+        return cid
+
+    cids = await asyncio.gather(request("a"), request("b"))
+
+    by_message = {r["message"]: r["correlation_id"] for r in map(json.loads, lines(stream))}
+    assert by_message == {"a": cids[0], "b": cids[1]}
+    assert cids[0] != cids[1]
+    assert correlation_id.get() is None  # tasks ran in copies of this context
+
+
+SECRET_MESSAGES = [
+    ("slack bot token xoxb-1234-5678-AbCdEfGh", "xoxb-1234-5678-AbCdEfGh"),
+    ("user token xoxp-1-2-3-ZZZ in text", "xoxp-1-2-3-ZZZ"),
+    ("refresh xoxe.xoxp-1-RefreshTok", "RefreshTok"),
+    ("app token xapp-1-A0-123-abcdef", "xapp-1-A0-123-abcdef"),
+    ("headers X-Auth-Token: MIIBauthTOKEN+/= sent", "MIIBauthTOKEN+/="),
+    ("{'X-Subject-Token': 'MIISubjectTOKEN', 'Content-Type': 'json'}", "MIISubjectTOKEN"),
+    ('{"x-security-token": "TempSecurityTOKEN"}', "TempSecurityTOKEN"),
+    (
+        "Authorization: SDK-HMAC-SHA256 Access=AKID, SignedHeaders=host;x-sdk-date, "
+        "Signature=7be6668032f70418fcc22abc52071e57",
+        "7be6668032f70418fcc22abc52071e57",
+    ),
+    ("Authorization: Bearer opaqueBEARER", "opaqueBEARER"),
+    ("login password=hunter2hunter2 ok", "hunter2hunter2"),
+    ('{"user": {"name": "u", "password": "quoted pass word"}}', "quoted pass word"),
+    ("client_secret: 'sEcReT-value'", "sEcReT-value"),
+    ("db postgresql+asyncpg://kps:dbPASS@db:5432/kps", "dbPASS"),
+]
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+@pytest.mark.parametrize(("message", "secret"), SECRET_MESSAGES)
+def test_secrets_in_messages_are_redacted(
+    configure: Configure, fmt: str, message: str, secret: str
+) -> None:
+    stream = configure(fmt)
+
+    log.info("request: %s", message)
+
+    output = stream.getvalue()
+    assert secret not in output
+    assert REDACTED in output
+    assert "request: " in output
+
+
+def test_redaction_keeps_what_is_not_secret(configure: Configure) -> None:
+    stream = configure("text")
+
+    log.info(
+        "Authorization: SDK-HMAC-SHA256 Access=AKID, SignedHeaders=host;x-sdk-date, "
+        "Signature=abcdef0123456789 for project 0123abcd"
+    )
+
+    message = TEXT_LINE.fullmatch(lines(stream)[0])["message"]  # type: ignore[index]
+    assert message == (
+        "Authorization: SDK-HMAC-SHA256 Access=AKID, SignedHeaders=host;x-sdk-date, "
+        f"Signature={REDACTED} for project 0123abcd"
+    )
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_tracebacks_are_redacted_and_kept_on_one_line(configure: Configure, fmt: str) -> None:
+    stream = configure(fmt)
+    token = "xoxb-999-888-TracebackTOKEN"
+
+    try:
+        raise RuntimeError(f"Slack refused {token} with password=traceback-pass")
+    except RuntimeError:
+        log.exception("listener failed")
+
+    output = stream.getvalue()
+    assert token not in output
+    assert "traceback-pass" not in output
+    (line,) = lines(stream)
+    if fmt == "json":
+        exc = json.loads(line)["exc"]
+        assert exc.startswith("Traceback (most recent call last):")
+        assert exc.endswith(f"RuntimeError: Slack refused {REDACTED} with password={REDACTED}")
+    else:
+        assert "listener failed | Traceback (most recent call last):\\n" in line
+        assert line.endswith(f"RuntimeError: Slack refused {REDACTED} with password={REDACTED}")
+
+
+def test_registered_secrets_are_redacted_in_any_form(configure: Configure) -> None:
+    stream = configure("json")
+    secret = f"plain {secrets.token_hex(8)}/&"
+    register_secret(secret)
+
+    log.info("got %s", secret)
+    log.info("url-encoded %s", "x=" + quote(secret, safe="") + "&y=1")
+    try:
+        raise ValueError(secret)
+    except ValueError:
+        log.exception("failed")
+    log.info("extra", extra={"detail": {"note": f"has {secret} inside"}})
+
+    output = stream.getvalue()
+    assert secret not in output
+    assert secrets_fragment(secret) not in output
+    records = [json.loads(line) for line in lines(stream)]
+    assert records[0]["message"] == f"got {REDACTED}"
+    assert records[1]["message"] == f"url-encoded x={REDACTED}&y=1"
+    assert records[2]["exc"].endswith(f"ValueError: {REDACTED}")
+    assert records[3]["detail"] == {"note": f"has {REDACTED} inside"}
+
+
+def secrets_fragment(secret: str) -> str:
+    return secret.split(" ")[1].split("/")[0]
+
+
+def test_extras_under_secret_keys_are_redacted(configure: Configure) -> None:
+    stream = configure("json")
+
+    log.info(
+        "calling KPS",
+        extra={"headers": {"X-Auth-Token": "MIIextraTOKEN", "Accept": "application/json"}},
+    )
+
+    record = json.loads(lines(stream)[0])
+    assert record["headers"] == {"X-Auth-Token": REDACTED, "Accept": "application/json"}
+
+
+def test_other_libraries_records_are_redacted_too(configure: Configure) -> None:
+    stream = configure("text", "DEBUG")
+
+    logging.getLogger("slack_sdk.web.async_base_client").debug(
+        "Sending a request - headers: {'Authorization': '(redacted)', 'token': 'xoxb-11-22-LIBtok'}"
+    )
+
+    assert "LIBtok" not in stream.getvalue()
+    assert "slack_sdk.web.async_base_client" in stream.getvalue()
+
+
+def test_mismatched_format_arguments_do_not_raise_or_leak(configure: Configure) -> None:
+    stream = configure("text")
+    # Handled by our handler alone: pytest's own capture handler fails the test on a bad format.
+    (handler,) = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) is stream]
+    record = log.makeRecord(
+        log.name, logging.INFO, __file__, 1, "pair %s %s", ("xoxb-1-2-One",), None
+    )
+
+    handler.handle(record)
+
+    output = stream.getvalue()
+    assert "xoxb-1-2-One" not in output
+    assert "pair %s %s (log arguments did not match the format)" in output
+
+
+def test_httpx_request_lines_are_quiet_unless_debugging(configure: Configure) -> None:
+    info = configure("text", "INFO")
+    logging.getLogger("httpx").info('HTTP Request: GET http://kps "HTTP/1.1 200 OK"')
+    debug = configure("text", "DEBUG")
+    logging.getLogger("httpx").info('HTTP Request: GET http://kps "HTTP/1.1 200 OK"')
+
+    assert lines(info) == []
+    assert len(lines(debug)) == 1
