@@ -26,12 +26,10 @@ ACTION_LIST: Final = "kps_home_list"
 PAGING_ACTIONS: Final = (ACTION_PREVIOUS, ACTION_NEXT, ACTION_REFRESH, ACTION_RETRY)
 
 MAX_PAGE_SIZE: Final = 20  # CONTRACT: PAGE_SIZE is 1-20; 20 tasks x 2 blocks stay under 50 blocks
-MAX_QUERY_CHARS: Final = (
-    200  # bot.intent.MAX_QUERY; 4 buttons carry the words, so they count 4 times
-)
+# As bot.intent.MAX_QUERY. Four buttons carry the words, so they count four times in a page.
+MAX_QUERY_CHARS: Final = 200
 MAX_OFFSET: Final = 1_000_000_000
 MESSAGE_MAX_BLOCKS: Final = 50  # docs.slack.dev/reference/block-kit/blocks
-HOME_MAX_BLOCKS: Final = 100  # same page; slack_sdk views blocks_max_length
 # Slack answers msg_blocks_too_long near 13k characters of blocks (bolt-js#2509); keep a margin.
 MESSAGE_MAX_CHARS: Final = 12_000
 
@@ -135,7 +133,7 @@ def format_age(started_at: datetime | None, now: datetime) -> str:
 
 
 def payload_chars(payload: dict[str, Any]) -> int:
-    """The size Slack's message limit is checked against: characters of the JSON as sent."""
+    """A payload's size as Slack's total limit counts it: characters (not bytes) of its JSON."""
     return len(json.dumps(payload, ensure_ascii=False))
 
 
@@ -167,6 +165,8 @@ class PageRef:
     offset: int = 0
     page_size: int = 10
     query: str = ""
+    # Who shared the page into the channel: its Next/Previous keep saying so and offer no Share.
+    shared_by: str = ""
 
     def __post_init__(self) -> None:
         if type(self.offset) is not int or not 0 <= self.offset <= MAX_OFFSET:
@@ -179,12 +179,18 @@ class PageRef:
         # surrogate cannot be sent as UTF-8: both become what escape() shows for them.
         clean = _CONTROL.sub(" ", _SURROGATE.sub("\ufffd", self.query))
         object.__setattr__(self, "query", clean)
+        if not isinstance(self.shared_by, str) or (
+            self.shared_by and not _USER_ID.match(self.shared_by)
+        ):
+            raise ValueError("shared_by must be a Slack user id")
 
     def encode(self) -> str:
         """Compact versioned JSON for a button value; at most ~1.3k characters, Slack takes 2000."""
         data: dict[str, Any] = {"v": 1, "o": self.offset, "n": self.page_size}
         if self.query:
             data["q"] = self.query
+        if self.shared_by:
+            data["s"] = self.shared_by
         return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
     @classmethod
@@ -203,18 +209,21 @@ class PageRef:
         version = data.get("v")
         if type(version) is not int or version != 1:
             raise BadButtonValue(f"unknown button value version: {_short(version)}")
-        unknown = sorted(set(data) - {"v", "o", "n", "q"})
+        unknown = sorted(set(data) - {"v", "o", "n", "q", "s"})
         if unknown:
             raise BadButtonValue(f"unknown keys in button value: {_short(', '.join(unknown))}")
         offset, size, query = data.get("o"), data.get("n"), data.get("q", "")
+        shared_by = data.get("s", "")
         if type(offset) is not int:
             raise BadButtonValue(f"offset must be a whole number, got {_short(offset)}")
         if type(size) is not int:
             raise BadButtonValue(f"page size must be a whole number, got {_short(size)}")
         if not isinstance(query, str):
             raise BadButtonValue(f"query must be text, got {_short(query)}")
+        if not isinstance(shared_by, str):
+            raise BadButtonValue(f"shared_by must be text, got {_short(shared_by)}")
         try:
-            return cls(offset=offset, page_size=size, query=query)
+            return cls(offset=offset, page_size=size, query=query, shared_by=shared_by)
         except ValueError as exc:
             raise BadButtonValue(str(exc)) from None
 
@@ -282,6 +291,7 @@ def build_page(
     shared_by: str | None = None,
 ) -> Message:
     """One page of running tasks with its range, the age of each task and paging buttons."""
+    shared_by = shared_by or ref.shared_by or None
     if len(tasks) > ref.page_size:
         raise ValueError(f"{len(tasks)} tasks for a page of {ref.page_size}")
     # KPS counts and lists in two steps; never claim fewer tasks than the page holds.
@@ -339,9 +349,9 @@ def _page_blocks(
 
 
 def _task_blocks(task: Task, ctx: PageContext, clips: _Clips) -> list[_Block]:
-    name = clip(escape(task.server_name).strip(), clips.name) or "(no name)"
+    name = _shown(task.server_name, clips.name) or "(no name)"
     keypair = _code(task.keypair_name, clips.name)
-    operation = clip(escape(operation_label(task.operate_type)), clips.name) or "unknown operation"
+    operation = _shown(operation_label(task.operate_type), clips.name) or "unknown operation"
     if task.started_at is None:
         started = "unknown"
     else:
@@ -398,7 +408,7 @@ def _empty_words(query: str) -> str:
 
 
 def _moved(ref: PageRef, offset: int) -> PageRef:
-    return PageRef(offset=offset, page_size=ref.page_size, query=ref.query)
+    return PageRef(offset=offset, page_size=ref.page_size, query=ref.query, shared_by=ref.shared_by)
 
 
 # --- errors, help, notices --------------------------------------------------------------------
@@ -473,7 +483,7 @@ def _failure_words(error: KPSError) -> str:
     if isinstance(error, KPSBadResponse):
         return f"KPS sent an answer the bot cannot read (HTTP {error.status})."
     if isinstance(error, KPSAPIError):
-        service = clip(escape(error.service), 40)
+        service = _shown(error.service, 40) or "KPS"
         return f"{service} answered HTTP {error.status}{_status_words(error.status)}."
     return "KPS failed."
 
@@ -507,7 +517,7 @@ def _failure_details(error: KPSError) -> str:
 def _failure_line(error: KPSError) -> str:
     # Mobile notifications show only the fallback text, so it names KPS's code and message too.
     if isinstance(error, KPSAPIError) and (error.error_code or error.error_msg):
-        said = clip(escape(f"{error.error_code} {error.error_msg}").strip(), 200)
+        said = _shown(f"{error.error_code[:200]} {error.error_msg[:200]}", 200)
         return f"{_failure_words(error)} {said}"
     return _failure_words(error)
 
@@ -581,8 +591,8 @@ def _home_counts(summary: HomeSummary, ctx: PageContext) -> str:
 
 
 def _home_oldest(task: Task, ctx: PageContext) -> str:
-    name = clip(escape(task.server_name).strip(), 150) or "(no name)"
-    operation = clip(escape(operation_label(task.operate_type)), 80)
+    name = _shown(task.server_name, 150) or "(no name)"
+    operation = _shown(operation_label(task.operate_type), 80) or "unknown operation"
     age = format_age(task.started_at, ctx.now)
     return (
         f"Oldest: *{name}* · key pair {_code(task.keypair_name, 150)} · {operation} · running {age}"
@@ -590,7 +600,7 @@ def _home_oldest(task: Task, ctx: PageContext) -> str:
 
 
 def _home_problems(problems: tuple[str, ...]) -> str:
-    lines = [f"• {clip(escape(p), 250)}" for p in problems[:_PROBLEMS_SHOWN]]
+    lines = [f"• {_shown(p, 250) or '(no details)'}" for p in problems[:_PROBLEMS_SHOWN]]
     if len(problems) > _PROBLEMS_SHOWN:
         lines.append(f"…and {len(problems) - _PROBLEMS_SHOWN} more")
     return "*Problems*\n" + "\n".join(lines)
@@ -610,13 +620,19 @@ def _where_and_when(ctx: PageContext, verb: str, moment: datetime) -> str:
 def _code(text: str, limit: int) -> str:
     # Inside a code span `*` and `_` are shown as they are; a backtick would end the span early,
     # so it becomes U+02CB, which looks the same.
-    inner = clip(escape(text).replace("`", "\u02cb"), limit).strip()
+    inner = _shown(text, limit).replace("`", "\u02cb")
     return f"`{inner}`" if inner else "(empty)"
+
+
+def _shown(text: str, limit: int) -> str:
+    # Escaping never shortens text, so the first limit + 1 characters decide what is shown; the
+    # rest of a 10,000-character name is never escaped.
+    return clip(escape(text.strip()[: limit + 1]), limit).strip()
 
 
 def _user(user_id: str) -> str:
     # Slack user ids are U… or W…; anything else is shown as text, never as a mention.
-    return f"<@{user_id}>" if _USER_ID.match(user_id) else clip(escape(user_id), 100)
+    return f"<@{user_id}>" if _USER_ID.match(user_id) else _shown(user_id, 100) or "someone"
 
 
 def _is_stale(started_at: datetime | None, ctx: PageContext) -> bool:

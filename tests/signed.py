@@ -67,6 +67,7 @@ class SlackSender:
         user: str = "U0ALICE",
         channel: str = "C0GENERAL",
         container: str = "message",
+        ephemeral: bool = True,
     ) -> dict[str, Any]:
         payload: dict[str, Any] = {
             "type": "block_actions",
@@ -74,7 +75,12 @@ class SlackSender:
             "user": {"id": user, "username": "alice", "team_id": self.team},
             "api_app_id": "A0KPS",
             "token": "legacy-verification-token",
-            "container": {"type": container, "message_ts": "1.0", "channel_id": channel},
+            "container": {
+                "type": container,
+                "message_ts": "1.0",
+                "channel_id": channel,
+                "is_ephemeral": ephemeral,
+            },
             "trigger_id": "1.2.3",
             "channel": {"id": channel, "name": "general"},
             "actions": [

@@ -574,7 +574,7 @@ def test_page_ref_parse_refuses_malformed_values(value: str, reason: str) -> Non
 @pytest.mark.parametrize("value", [DEEP, '{"v":1,"o":' + DEEP + ',"n":10}'])
 def test_page_ref_parse_refuses_deep_nesting(value: str) -> None:
     # Deep enough that the JSON decoder may give up with RecursionError; either way it is refused.
-    with pytest.raises(BadButtonValue, match="not the bot's JSON|JSON object|whole number"):
+    with pytest.raises(BadButtonValue, match=r"not the bot's JSON|JSON object|whole number"):
         PageRef.parse(value)
 
 
@@ -598,7 +598,9 @@ def test_api_error_shows_status_code_message_request_id_and_retry() -> None:
     error = KPSAPIError(403, "KPS.0303", "No permission <b>here</b> & now", "req-8f3a")
     message = error_message(error)
     text = all_text(message)
-    assert message.text.startswith("Could not list running tasks: KPS answered HTTP 403 (forbidden)")
+    assert message.text.startswith(
+        "Could not list running tasks: KPS answered HTTP 403 (forbidden)"
+    )
     assert "KPS.0303" in message.text
     assert "HTTP status: 403" in text
     assert "Error code: `KPS.0303`" in text

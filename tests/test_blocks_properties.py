@@ -42,7 +42,7 @@ from tests.test_blocks import (
 SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 # Characters that mean something to mrkdwn, JSON or a terminal, plus some wide ones.
-NASTY = "<>&*_~`|^!@#\"\\\n\t\r\x00\x01\x1b\x7f\u0085\u2028\u202e\u2066\ufeff名🙂é"
+NASTY = '<>&*_~`|^!@#"\\\n\t\r\x00\x01\x1b\x7f\u0085\u2028\u202e\u2066\ufeff名🙂é'
 
 short_text = st.one_of(
     st.text(max_size=40),
@@ -122,7 +122,7 @@ def test_any_page_is_valid_escaped_and_within_limits(
         assert (ACTION_NEXT in found) == (
             ref.offset + len(shown) < total and ref.offset + ref.page_size <= MAX_OFFSET
         )
-        assert (ACTION_SHARE in found) == (shared_by is None)
+        assert (ACTION_SHARE in found) == (not shared_by)
         first, last = ref.offset + 1, ref.offset + len(shown)
         assert f"{first}–{last} of {max(total, last)}" in message.text
     for element in found.values():
@@ -148,9 +148,7 @@ def test_page_ref_round_trips_within_a_button_value(ref: PageRef) -> None:
 
 
 def json_values() -> st.SearchStrategy[Any]:
-    scalars = st.one_of(
-        st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20)
-    )
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
     return st.recursive(
         scalars,
         lambda inner: st.one_of(

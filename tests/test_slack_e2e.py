@@ -231,6 +231,16 @@ async def test_share_posts_the_page_in_channel(bot: RunningBot, slack: FakeSlack
     assert shared["response_type"] == "in_channel"
     assert "1–10 of 37" in texts(shared) and "U0ALICE" in texts(shared)
     assert button(shared, ACTION_SHARE) is None
+    # Paging the shared message keeps it in the channel and keeps saying who shared it.
+    next_button = button(shared, ACTION_NEXT)
+    assert next_button is not None
+    await bot.sender.action(
+        ACTION_NEXT, next_button["value"], slack.response_url(), ephemeral=False
+    )
+    paged = (await page_after(slack, 2)).args
+    assert paged["response_type"] == "in_channel" and paged["replace_original"] is True
+    assert "11–20 of 37" in texts(paged) and "U0ALICE" in texts(paged)
+    assert button(paged, ACTION_SHARE) is None
 
 
 async def test_mention_answers_in_thread(bot: RunningBot, slack: FakeSlack) -> None:

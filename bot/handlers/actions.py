@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from slack_bolt.context.ack.async_ack import AsyncAck
@@ -10,6 +11,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import BadButtonValue, PageRef, build_notice
 from bot.handlers.pages import render_listing
+from bot.replies import ResponseType
 from bot.services import Services, services_of
 
 
@@ -25,8 +27,13 @@ async def handle_page(
             return
         message = await render_listing(services, ref)
         # Each click carries a fresh response_url, and replacing through it also works on the
-        # ephemeral pages that chat.update cannot edit (research/slack-bolt.md §1).
-        await services.replies.send(body["response_url"], message, replace_original=True)
+        # ephemeral pages that chat.update cannot edit (research/slack-bolt.md §1). A shared page
+        # or a threaded answer must stay visible to everyone.
+        container = body.get("container") or {}
+        visibility: ResponseType = "ephemeral" if container.get("is_ephemeral") else "in_channel"
+        await services.replies.send(
+            body["response_url"], message, replace_original=True, response_type=visibility
+        )
 
 
 async def handle_share(
@@ -40,9 +47,9 @@ async def handle_share(
         if ref is None:
             return
         user = body.get("user", {}).get("id")
-        message = await render_listing(
-            services, ref, shared_by=user if isinstance(user, str) else None
-        )
+        if isinstance(user, str) and user:
+            ref = replace(ref, shared_by=user)
+        message = await render_listing(services, ref)
         # An in_channel response needs no channel membership, unlike chat.postMessage.
         await services.replies.send(body["response_url"], message, response_type="in_channel")
 

@@ -66,4 +66,5 @@ async def handle_home(
             problems=(),
             error=error,
         )
-        await client.views_publish(user_id=event["user"], view=build_home(summary, ctx))
+        view = build_home(summary, ctx, page_size=services.settings.page_size)
+        await client.views_publish(user_id=event["user"], view=view)
