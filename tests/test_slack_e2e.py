@@ -345,3 +345,22 @@ def test_start_with_bad_settings_fails_with_one_message() -> None:
     assert result.returncode == 2
     assert "PAGE_SIZE" in result.stderr and "HUAWEICLOUD_SDK_PROJECT_ID" in result.stderr
     assert "Traceback" not in result.stderr and "secretvalue123" not in result.stderr
+
+
+async def test_no_secret_reaches_a_log_line(
+    bot_factory: Any, sim: Simulator, slack: FakeSlack, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    running = await bot_factory()
+    sim.inject(Fault(kind="status", status=401, error_code="APIG.0307", error_msg="expired"))
+    await running.sender.command("", slack.response_url())
+    await page_after(slack, 1)
+    await running.sender.command("tasks", slack.response_url())
+    await page_after(slack, 2)
+    # Raw records, before the redaction filter: nothing secret is logged in the first place.
+    logged = "\n".join(record.getMessage() + str(record.__dict__) for record in caplog.records)
+    assert "slack request" in logged and "listing failed" in logged
+    for secret in ("sim-static-token", "test-signing-secret", "xoxb-test"):
+        assert secret not in logged
