@@ -38,9 +38,10 @@ def button(message: dict[str, Any], action_id: str) -> dict[str, Any] | None:
     return None
 
 
-def running_names(sim: Simulator) -> list[str]:
+def running_ids(sim: Simulator) -> list[str]:
+    """Task ids in KPS order: ids, unlike the seeded server names, never repeat."""
     ordered = sorted(sim.running(), key=lambda t: (t.task_time_ms or 0, t.task_id))
-    return [t.server_name for t in ordered]
+    return [t.task_id for t in ordered]
 
 
 async def page_after(slack: FakeSlack, count: int) -> Call:
@@ -55,7 +56,7 @@ async def test_kps_shows_first_page_then_next_and_previous(
     assert response.status_code == 200
     first = (await page_after(slack, 1)).args
     assert "1–10 of 37" in texts(first)
-    names = running_names(sim)
+    names = running_ids(sim)
     for name in names[:10]:
         assert name in texts(first)
     assert names[10] not in texts(first)
