@@ -1,26 +1,37 @@
-"""`python -m bot` runs the bot; `python -m bot check` checks its settings and connections."""
+"""`python -m bot` runs the bot (the demo when nothing is configured); `check` checks settings."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Final
 
 from bot.check import run_check
 from bot.config import SettingsError, load_settings, read_environment
 from bot.logs import configure_logging
 from bot.server import serve
 
-USAGE = "usage: python -m bot [check]"
+USAGE = "usage: python -m bot [check | demo [--port N] [--help]]"
+# Any of these set means someone is configuring a real bot, so the demo stays out of the way
+# (LOG_* or PORT alone say nothing about Slack or KPS).
+REAL_SETTINGS_PREFIXES: Final = ("SLACK_", "HUAWEICLOUD_", "KPS_", "IAM_", "STALE_", "STATE_URL")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Load settings, set up logging, then serve or check."""
+    """Load settings, set up logging, then serve or check; with no settings at all, the demo."""
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["demo"]:
+        return _demo(args[1:], defaulted=False)
     if args not in ([], ["check"]):
         print(USAGE, file=sys.stderr)
         return 2
+    environ = read_environment()
+    if not args and _wants_demo(environ):
+        return _demo([], defaulted=True)
     try:
-        settings = load_settings(read_environment())
+        settings = load_settings(environ)
     except SettingsError as error:
         print(error, file=sys.stderr)
         return 2
@@ -28,6 +39,24 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["check"]:
         return asyncio.run(run_check(settings, sys.stdout))
     return asyncio.run(serve(settings))
+
+
+def wants_demo(environ: Mapping[str, str], *, dotenv_present: bool) -> bool:
+    """True when there is no `.env` and no Slack or Huawei Cloud setting in `environ`."""
+    if dotenv_present:
+        return False
+    return not any(name.startswith(REAL_SETTINGS_PREFIXES) for name in environ)
+
+
+def _wants_demo(environ: Mapping[str, str]) -> bool:
+    return wants_demo(environ, dotenv_present=Path(".env").is_file())
+
+
+def _demo(args: list[str], *, defaulted: bool) -> int:
+    # Imported only here: the demo brings the simulator and the stand-in, which the bot never needs.
+    from bot import demo
+
+    return demo.main(args, defaulted=defaulted)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The one place where Bolt, the HTTP clients and the KPS client are built and wired together."""
+"""The one place where Bolt, the HTTP and KPS clients, the store and the watcher are built."""
 
 from __future__ import annotations
 
@@ -28,6 +28,8 @@ from bot.kps import KPSClient, RetryPolicy
 from bot.logs import correlation_id, new_correlation_id, register_secret
 from bot.replies import Replies
 from bot.services import CONTEXT_KEY, Services
+from bot.store import Store
+from bot.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +68,7 @@ def slack_retry_handlers() -> list[AsyncRetryHandler]:
 
 @dataclass
 class Runtime:
-    """Everything built at start-up, and the one method that closes it all."""
+    """Everything built at start-up, and the methods that start and close it all."""
 
     settings: Settings
     app: AsyncApp
@@ -74,11 +76,26 @@ class Runtime:
     slack: AsyncWebClient
     http: httpx.AsyncClient
     session: aiohttp.ClientSession
+    store: Store | None = None
+    watcher: Watcher | None = None
+
+    async def start(self) -> None:
+        """Create or migrate the state store's schema, then start the watcher beside the app."""
+        if self.store is not None:
+            await self.store.migrate()
+        if self.watcher is not None:
+            self.watcher.start()
 
     async def aclose(self) -> None:
-        """Close the pooled clients."""
-        await self.http.aclose()
-        await self.session.close()
+        """Stop the watcher (giving its lease up), then close the store and the pooled clients."""
+        try:
+            if self.watcher is not None:
+                await self.watcher.stop()
+        finally:
+            if self.store is not None:
+                await self.store.close()
+            await self.http.aclose()
+            await self.session.close()
 
 
 def build_runtime(
@@ -110,9 +127,31 @@ def build_runtime(
         session=session,
         retry_handlers=retry,
     )
-    services = Services(settings=settings, kps=kps, replies=Replies(session, retry_handlers=retry))
+    # The store exists only with STALE_CHANNEL_ID: without notices there is no alert state, and
+    # no kps-bot.db appears in the working directory.
+    channel = settings.stale_channel_id
+    store = Store.open(settings.state_url.reveal()) if channel else None
+    services = Services(
+        settings=settings,
+        kps=kps,
+        replies=Replies(session, retry_handlers=retry),
+        store=store,
+    )
+    watcher = None
+    if store is not None and channel:
+        watcher = Watcher(
+            store=store,
+            kps=kps,
+            slack=slack,
+            channel=channel,
+            project_id=settings.project_id,
+            region=settings.region,
+            stale_after=settings.stale_after,
+            poll_interval=settings.poll_interval,
+            renotify_after=settings.renotify_after,
+        )
     app = build_app(settings, slack, services)
-    return Runtime(settings, app, services, slack, http, session)
+    return Runtime(settings, app, services, slack, http, session, store, watcher)
 
 
 def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> AsyncApp:

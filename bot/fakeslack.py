@@ -8,6 +8,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import secrets
 import signal
 import sys
@@ -36,7 +37,11 @@ _JSON_ARGS: Final = ("blocks", "attachments", "view", "metadata")
 _RESPONSE_URL_USES: Final = 5
 _DEFAULT_ERRORS: Final = {429: "ratelimited", 503: "service_unavailable"}
 
+# A user id as chat.postMessage's channel means the app's DM with that user (Slack docs).
+_USER_ID: Final = re.compile(r"[UW][A-Z0-9]{2,}")
+
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
+Listener = Callable[["Call"], None]
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,8 @@ class Call:
     path: str
     status: int = 200
     error: str | None = None
+    # The JSON body the stand-in answered a Web API call with (the posted message and its ts).
+    result: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def ok(self) -> bool:
@@ -138,6 +145,9 @@ class FakeSlack:
         self._sockets: list[_Socket] = []
         self._pending: dict[str, tuple[_Socket, asyncio.Future[dict[str, Any]]]] = {}
         self._changed = asyncio.Event()
+        self._listeners: list[Listener] = []
+        self._mounts: list[Callable[[web.Application], None]] = []
+        self._ims: dict[str, str] = {}
         self._handlers: dict[str, Handler] = {
             "auth.test": self._auth_test,
             "chat.postMessage": self._post_message,
@@ -165,11 +175,17 @@ class FakeSlack:
         app.router.add_post("/_fake/fail", self._admin_fail)
         app.router.add_post("/_fake/socket", self._admin_socket)
         app.router.add_post("/_fake/disconnect", self._admin_disconnect)
+        for mount in self._mounts:
+            mount(app)
         # access_log=None: request lines are noise in test output and the soak's logs.
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError:  # the port is taken: leave nothing half-started behind
+            await runner.cleanup()
+            raise
         self._runner = runner
         bound_port = runner.addresses[0][1]
         reachable = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
@@ -198,6 +214,45 @@ class FakeSlack:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+    # Extensions (the demo's playground) ---------------------------------------------------------
+
+    def mount(self, setup: Callable[[web.Application], None]) -> None:
+        """Have `setup` add routes or signals to the server's app when it starts."""
+        if self._runner is not None:
+            raise RuntimeError("mount() must come before start()")
+        self._mounts.append(setup)
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Call `listener` with every recorded call as it arrives; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def new_ts(self) -> str:
+        """A fresh message ts, ordered after every ts the stand-in has handed out."""
+        return self._next_ts()
+
+    def resolve_channel(self, ref: str) -> str | None:
+        """The channel id for an id, a name or `#name`; a user id gives the DM with that user."""
+        return self._resolve(ref)
+
+    def add_user_message(
+        self, channel: str, user: str, text: str, *, thread_ts: str | None = None
+    ) -> dict[str, Any]:
+        """Store a message a person wrote, as Slack would; bot replies can thread on it."""
+        cid = self._resolve(channel)
+        if cid is None:
+            raise KeyError(channel)
+        message: dict[str, Any] = {
+            "type": "message",
+            "text": text,
+            "user": user,
+            "team": self.team,
+            "ts": self._next_ts(),
+        }
+        self._store(cid, message, thread_ts)
+        self._pulse()
+        return dict(message)
 
     # What tests ask ------------------------------------------------------------------------------
 
@@ -341,7 +396,7 @@ class FakeSlack:
                 status=refusal.status,
                 headers=refusal.headers(),
             )
-        self._record(method, args, token, request.path)
+        self._record(method, args, token, request.path, result=body)
         return web.json_response(body)
 
     def _check_token(self, method: str, token: str | None) -> None:
@@ -398,16 +453,19 @@ class FakeSlack:
             raise _Refusal("no_text")
         message = self._new_message(args)
         thread_ts = args.get("thread_ts")
+        self._store(cid, message, str(thread_ts) if thread_ts else None)
+        return {"ok": True, "channel": cid, "ts": message["ts"], "message": dict(message)}
+
+    def _store(self, cid: str, message: dict[str, Any], thread_ts: str | None) -> None:
         if thread_ts:
-            message["thread_ts"] = str(thread_ts)
-            parent = self._find(cid, str(thread_ts))
+            message["thread_ts"] = thread_ts
+            parent = self._find(cid, thread_ts)
             if parent is not None:
                 # Slack marks a parent with thread_ts == ts once it has replies.
                 parent["thread_ts"] = parent["ts"]
                 parent["reply_count"] = parent.get("reply_count", 0) + 1
                 parent["latest_reply"] = message["ts"]
         self.messages.setdefault(cid, []).append(message)
-        return {"ok": True, "channel": cid, "ts": message["ts"], "message": dict(message)}
 
     def _update(self, args: dict[str, Any]) -> dict[str, Any]:
         cid = self._postable(args)
@@ -497,8 +555,19 @@ class FakeSlack:
     def _resolve(self, ref: str) -> str | None:
         if ref in self.channels:
             return ref
+        if _USER_ID.fullmatch(ref):
+            return self._open_im(ref)
         name = ref.removeprefix("#")
         return next((cid for cid, rec in self.channels.items() if rec["name"] == name), None)
+
+    def _open_im(self, user: str) -> str:
+        cid = self._ims.get(user)
+        if cid is None:
+            cid = self._ims[user] = "D" + user[1:]
+            record = _channel_record(cid, {"name": user, "is_private": True})
+            record.update(is_group=False, is_im=True, user=user)
+            self.channels[cid] = record
+        return cid
 
     def _find(self, cid: str, ts: str) -> dict[str, Any] | None:
         return next((m for m in self.messages.get(cid, []) if m["ts"] == ts), None)
@@ -690,14 +759,21 @@ class FakeSlack:
         path: str,
         status: int = 200,
         error: str | None = None,
+        *,
+        result: dict[str, Any] | None = None,
     ) -> None:
-        call = Call(method, args, token, time.time(), path, status, error)
+        call = Call(method, args, token, time.time(), path, status, error, result)
         self.calls.append(call)
         if method == "response_url" and call.ok:
             self.responses.append(call)
         if status == 429:
             self.rate_limited += 1
         log.debug("fake slack: %s -> %s %s", method, status, error or "ok")
+        for listener in list(self._listeners):
+            try:
+                listener(call)
+            except Exception:  # a broken watcher of the stand-in must not fail the bot's call
+                log.exception("fake slack: a call listener failed")
         self._pulse()
 
     def _pulse(self) -> None:

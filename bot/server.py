@@ -25,7 +25,13 @@ def build_web_app(runtime: Runtime, stopping: asyncio.Event) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         if stopping.is_set():
             return web.json_response({"status": "stopping"}, status=503)
-        body = {"status": "ok", "mode": "http", "in_flight": runtime.services.inflight.count}
+        body = {
+            "status": "ok",
+            "mode": "http",
+            "in_flight": runtime.services.inflight.count,
+            # off, standby (another replica watches) or leader
+            "watcher": runtime.watcher.role if runtime.watcher is not None else "off",
+        }
         return web.json_response(body)
 
     web_app.router.add_get("/healthz", healthz)
@@ -43,6 +49,15 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     runtime = build_runtime(settings)
     try:
+        try:
+            await runtime.start()
+        except Exception as error:
+            # Most likely STATE_URL: a database that does not answer or refuses the login.
+            log.error(
+                "cannot open the state store (STATE_URL): %s",
+                f"{type(error).__name__}: {error}"[:500],
+            )
+            return 1
         if settings.socket_mode:
             await _serve_socket(runtime, stop)
         else:
@@ -80,7 +95,10 @@ async def _serve_http(runtime: Runtime, stop: asyncio.Event) -> None:
 
 
 async def _drain(runtime: Runtime) -> None:
-    if not await runtime.services.inflight.drain(DRAIN_SECONDS):
+    # The watcher finishes its step and gives its lease up meanwhile, inside the same budget.
+    stopping = runtime.watcher.stop() if runtime.watcher is not None else asyncio.sleep(0)
+    drained, _ = await asyncio.gather(runtime.services.inflight.drain(DRAIN_SECONDS), stopping)
+    if not drained:
         log.warning(
             "gave up waiting for work in flight", extra={"left": runtime.services.inflight.count}
         )

@@ -14,7 +14,9 @@ from bot.blocks import PageContext
 from bot.config import Settings
 from bot.inflight import InFlight
 from bot.kps import KPSClient
+from bot.notices import NoticeContext
 from bot.replies import Replies
+from bot.store import Store
 
 CONTEXT_KEY = "kps_services"
 
@@ -51,7 +53,7 @@ class SeenEvents:
 
 @dataclass(frozen=True)
 class Services:
-    """The KPS client, the reply channel and the settings, shared by all listeners."""
+    """The KPS client, the reply channel, the alert store and the settings, for all listeners."""
 
     settings: Settings
     kps: KPSClient
@@ -59,6 +61,7 @@ class Services:
     inflight: InFlight = field(default_factory=InFlight)
     seen_events: SeenEvents = field(default_factory=SeenEvents)
     clock: Callable[[], datetime] = utc_now
+    store: Store | None = None  # None when STALE_CHANNEL_ID is unset: no notices, no state
 
     def page_context(self) -> PageContext:
         """Project, region, staleness threshold and the time, for the page builders."""
@@ -69,6 +72,16 @@ class Services:
             fetched_at=now,
             now=now,
             stale_after=self.settings.stale_after,
+        )
+
+    def notice_context(self) -> NoticeContext:
+        """Project, region, thresholds and the time, for the stale-notice builders."""
+        return NoticeContext(
+            project_id=self.settings.project_id,
+            region=self.settings.region,
+            stale_after=self.settings.stale_after,
+            now=self.clock(),
+            renotify_after=self.settings.renotify_after,
         )
 
 

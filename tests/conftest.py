@@ -123,3 +123,86 @@ async def bot(bot_factory: Callable[..., Any]) -> RunningBot:
     """One bot with default test settings."""
     started: RunningBot = await bot_factory()
     return started
+
+
+# --- stale-notice fixtures: a state file, the local PostgreSQL, clients for in-process watchers ---
+
+ALERTS = "C0ALERTS"  # the stand-in's alerts channel
+
+
+@pytest.fixture
+def state_url(tmp_path: Any) -> str:
+    """A SQLite state file of this test's own."""
+    return f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+
+
+async def _pg_admin() -> tuple[Any, str]:
+    """A connection to the `test` database as `postgres`, else as the current user."""
+    import getpass
+
+    import asyncpg
+
+    last: BaseException | None = None
+    for user in ("postgres", getpass.getuser()):
+        try:
+            conn = await asyncpg.connect(
+                host="127.0.0.1", port=5432, user=user, database="test", timeout=3
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError) as error:
+            last = error
+            continue
+        return conn, user
+    raise ConnectionError(f"{type(last).__name__}: {last}")
+
+
+@pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for this test, dropped afterwards.
+
+    Skips when no server answers on 127.0.0.1:5432, unless REQUIRE_POSTGRES=1 (set by .ci/run),
+    where that is a failure. A database per test keeps parallel runs from sharing tables.
+    """
+    import os
+    import secrets
+
+    try:
+        admin, user = await _pg_admin()
+    except ConnectionError as error:
+        why = f"no PostgreSQL answers at 127.0.0.1:5432 database test ({error})"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {why}")
+        pytest.skip(f"{why}; set REQUIRE_POSTGRES=1 to fail instead")
+    name = f"kps_test_{secrets.token_hex(6)}"
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield f"postgresql+asyncpg://{user}@127.0.0.1:5432/{name}"
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture
+async def kps_client(sim: Simulator) -> AsyncIterator[Any]:
+    """A KPS client for the simulator, retrying once, quickly."""
+    from bot.auth import StaticTokenAuth
+    from bot.kps import KPSClient, RetryPolicy
+
+    async with httpx.AsyncClient(auth=StaticTokenAuth(Secret(TOKEN)), timeout=10) as http:
+        yield KPSClient(
+            http,
+            endpoint=sim.url,
+            project_id=PROJECT,
+            retry=RetryPolicy(attempts=2, base_delay=0.01, max_delay=0.05),
+        )
+
+
+@pytest.fixture
+async def slack_client(slack: FakeSlack) -> AsyncIterator[Any]:
+    """A Slack Web API client for the stand-in, without retry handlers: failures reach the
+    outbox directly (the runtime's client retries 429/5xx twice first)."""
+    from slack_sdk.web.async_client import AsyncWebClient
+
+    client = AsyncWebClient(token=slack.bot_token, base_url=slack.api_url, timeout=10)
+    yield client
+    if client.session is not None:
+        await client.session.close()

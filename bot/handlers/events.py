@@ -13,7 +13,7 @@ from bot.errors import KPSError
 from bot.handlers.pages import render_listing
 from bot.intent import ListTasks, ShowHelp, parse_mention
 from bot.listing import census
-from bot.services import services_of
+from bot.services import Services, services_of
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,19 @@ async def handle_home(
             stale=counts.stale,
             oldest=counts.oldest,
             fetched_at=ctx.fetched_at,
-            problems=(),
+            problems=await _problems(services),
             error=error,
         )
         view = build_home(summary, ctx, page_size=services.settings.page_size)
         await client.views_publish(user_id=event["user"], view=view)
+
+
+async def _problems(services: Services) -> tuple[str, ...]:
+    """What the watcher recorded as wrong (Slack refusing notices, scans failing)."""
+    if services.store is None:
+        return ()
+    try:
+        return tuple(await services.store.problems())
+    except Exception:  # the Home tab still shows the counts when the store is unreachable
+        log.warning("could not read problems from the state store", exc_info=True)
+        return ("The state store (STATE_URL) cannot be read; see the bot's log.",)

@@ -1,0 +1,277 @@
+"""The demo: the KPS simulator, the Slack stand-in with its playground, and the real bot, in one go.
+
+Nothing here is needed to run the bot against a real workspace; `python -m bot` only comes here
+when no settings are given at all, or when asked with `python -m bot demo`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import secrets
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Final, Self
+
+import aiohttp
+
+from bot.config import Settings, TokenAuthSettings
+from bot.fakeslack import FakeSlack
+from bot.logs import configure_logging
+from bot.playground import Playground, PlaygroundConfig
+from bot.secret import Secret
+from bot.server import serve
+from bot.simulator import SimTask, Simulator, seed_tasks
+
+PROJECT_ID: Final = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
+REGION: Final = "cn-north-4"
+STALE_CHANNEL: Final = "C0ALERTS"  # the stand-in's #kps-alerts
+_BOT_START_SECONDS: Final = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    """Ports (0: any free one; a taken port falls back to a free one), data and watcher pace."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080  # the playground (and the Slack stand-in behind it)
+    bot_port: int = 3000
+    sim_port: int = 8081
+    fresh_tasks: int = 32
+    stale_tasks: int = 7
+    seed: int | None = None
+    stale_after: timedelta = timedelta(minutes=30)
+    poll_interval: float = 2.0  # seconds; the shortest POLL_INTERVAL_SECONDS allows is 1
+    renotify_after: timedelta | None = timedelta(minutes=5)  # so Snooze has something to stop
+    log_level: str = "WARNING"
+
+
+def demo_tasks(*, now: float, rng: random.Random, fresh: int = 32, stale: int = 7) -> list[SimTask]:
+    """A few dozen plausible tasks: mostly fresh, several stale, every kind of operation."""
+    young = seed_tasks(fresh, now=now, rng=rng, stale_fraction=0.0)
+    old = seed_tasks(stale, now=now, rng=rng, stale_fraction=1.0)
+    # seed_tasks draws resets, replaces and unbinds; KPS also binds, and queues tasks as READY_*.
+    extra = seed_tasks(2, now=now, rng=rng, stale_fraction=0.0)
+    extra[0].operate_type = extra[0].status = "RUNNING_BIND"
+    extra[1].operate_type = extra[1].status = "READY_RESET"
+    return [*young, *old, *extra]
+
+
+def pick_port(host: str, wanted: int) -> int:
+    """`wanted` if it can be bound on `host` now, else a free port the system picks."""
+    for port in (wanted, 0) if wanted else (0,):
+        with socket.socket() as sock:
+            # As aiohttp binds: SO_REUSEADDR, so a port left in TIME_WAIT still counts as free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            bound: int = sock.getsockname()[1]
+            return bound
+    raise OSError(f"no free port on {host}")
+
+
+class Demo:
+    """Everything the demo runs, started and stopped together; `url` is the playground's."""
+
+    def __init__(self, options: DemoOptions = DemoOptions()) -> None:
+        self.options = options
+        rng = random.Random(options.seed)
+        self._kps_token = secrets.token_urlsafe(24)
+        self.sim = Simulator(
+            project_id=PROJECT_ID,
+            project_name=REGION,
+            tasks=demo_tasks(
+                now=time.time(), rng=rng, fresh=options.fresh_tasks, stale=options.stale_tasks
+            ),
+            static_tokens=[self._kps_token],
+        )
+        self.slack = FakeSlack(
+            bot_token="xoxb-demo-" + secrets.token_hex(8), team_name="KPS Playground"
+        )
+        self._signing_secret = Secret(secrets.token_hex(16))
+        self._state_dir: Path | None = None
+        self._stop = asyncio.Event()
+        self._bot: asyncio.Task[int] | None = None
+        self.settings: Settings | None = None
+        self.playground: Playground | None = None
+
+    @property
+    def url(self) -> str:
+        """The playground page."""
+        return self.slack.url + "/"
+
+    @property
+    def bot_url(self) -> str:
+        """The bot's own HTTP endpoint (what Slack would post to)."""
+        if self.settings is None:
+            raise RuntimeError("the demo has not been started")
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    async def start(self) -> None:
+        """Start the simulator, the stand-in with the playground, then the bot; wait until up."""
+        options = self.options
+        # The simulator and the bot are only the playground's business: loopback whatever --host.
+        await self.sim.start("127.0.0.1", pick_port("127.0.0.1", options.sim_port))
+        # serve() listens on every interface, so the bot's port is checked there.
+        bot_port = pick_port("0.0.0.0", options.bot_port)
+        self._state_dir = Path(tempfile.mkdtemp(prefix="kps-demo-"))
+        settings = Settings(
+            slack_bot_token=Secret(self.slack.bot_token),
+            project_id=PROJECT_ID,
+            auth=TokenAuthSettings(Secret(self._kps_token)),
+            kps_endpoint=self.sim.url,
+            iam_endpoint=self.sim.url,
+            region=REGION,
+            slack_signing_secret=self._signing_secret,
+            port=bot_port,
+            stale_channel_id=STALE_CHANNEL,
+            stale_after=options.stale_after,
+            poll_interval=options.poll_interval,
+            renotify_after=options.renotify_after,
+            state_url=Secret(f"sqlite+aiosqlite:///{self._state_dir / 'state.db'}"),
+            kps_timeout=10.0,
+            kps_max_attempts=3,
+            log_level=options.log_level,
+        )
+        self.playground = Playground(
+            self.slack,
+            PlaygroundConfig(
+                bot_url=f"http://127.0.0.1:{bot_port}",
+                signing_secret=self._signing_secret,
+                sim_url=self.sim.url,
+                stale_after=options.stale_after,
+                stale_channel=STALE_CHANNEL,
+                poll_interval=options.poll_interval,
+            ),
+        )
+        await self.slack.start(options.host, pick_port(options.host, options.port))
+        self.settings = replace(settings, slack_api_url=self.slack.api_url)
+        self._bot = asyncio.create_task(serve(self.settings, stop=self._stop, handle_signals=False))
+        await self._wait_for_bot()
+
+    async def _wait_for_bot(self) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _BOT_START_SECONDS
+        async with aiohttp.ClientSession() as session:
+            while loop.time() < deadline:
+                if self._bot is not None and self._bot.done():
+                    self._bot.result()  # raises what stopped it, e.g. the port was taken
+                    raise RuntimeError("the bot stopped while starting")
+                with contextlib.suppress(aiohttp.ClientError):
+                    async with session.get(self.bot_url + "/healthz") as answer:
+                        if answer.status == 200:
+                            return
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"the bot did not answer {self.bot_url}/healthz in time")
+
+    async def stop(self) -> None:
+        """Stop the bot (letting work in flight finish), then the stand-in and the simulator."""
+        self._stop.set()
+        if self._bot is not None:
+            with contextlib.suppress(Exception):
+                await self._bot
+            self._bot = None
+        await self.slack.stop()
+        await self.sim.stop()
+        if self._state_dir is not None:
+            shutil.rmtree(self._state_dir, ignore_errors=True)
+            self._state_dir = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def banner(demo: Demo, *, defaulted: bool) -> str:
+    """What the terminal shows once everything is up."""
+    threshold_ms = (time.time() - demo.options.stale_after.total_seconds()) * 1000
+    running = demo.sim.running()
+    stale = sum(1 for t in running if t.task_time_ms is not None and t.task_time_ms <= threshold_ms)
+    lines = []
+    if defaulted:
+        lines += ["No .env and no Slack or Huawei Cloud settings found, so this is the demo.", ""]
+    lines += [
+        "kps-bot demo: the real bot, a KPS simulator and a pretend Slack, all on this machine.",
+        "",
+        f"  Open the playground:  {demo.url}",
+        "",
+        f"  bot (HTTP mode)   {demo.bot_url}/slack/events",
+        f"  KPS simulator     {demo.sim.url}  (admin API under /_sim/)",
+        f"  {len(running)} running tasks, {stale} of them stale; stale notices go to"
+        f" #kps-alerts (scanned every {demo.options.poll_interval:g} s)",
+        "",
+        "Try /kps, /kps tasks web or @kps-bot tasks in #general, and the controls on the left.",
+        "To use a real workspace: copy .env.example to .env, fill in the Slack and Huawei Cloud",
+        "settings (see the README), then run `make run` again. Ctrl-C stops the demo.",
+    ]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot demo",
+        description="Run the bot against a KPS simulator and a Slack playground in the browser.",
+    )
+    defaults = DemoOptions()
+    parser.add_argument(
+        "--port", type=int, default=defaults.port, help="playground port (0: any free one)"
+    )
+    parser.add_argument("--bot-port", type=int, default=defaults.bot_port)
+    parser.add_argument("--sim-port", type=int, default=defaults.sim_port)
+    parser.add_argument("--host", default=defaults.host, help="where the playground listens")
+    parser.add_argument("--seed", type=int, help="random seed for reproducible tasks")
+    parser.add_argument("--verbose", action="store_true", help="log every request the bot gets")
+    return parser
+
+
+async def run(options: DemoOptions, *, defaulted: bool = False, out: IO[str] = sys.stdout) -> int:
+    """Run the demo until SIGINT or SIGTERM; 0 after a clean stop."""
+    configure_logging("text", options.log_level)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with Demo(options) as demo:
+        print(banner(demo, defaulted=defaulted), file=out, flush=True)
+        await stop.wait()
+        print("stopping the demo…", file=out, flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] = (), *, defaulted: bool = False) -> int:
+    """`python -m bot demo [--port N] …`; returns the exit status."""
+    args = _parser().parse_args(list(argv))
+    options = DemoOptions(
+        host=args.host,
+        port=args.port,
+        bot_port=args.bot_port,
+        sim_port=args.sim_port,
+        seed=args.seed,
+        log_level="INFO" if args.verbose else "WARNING",
+    )
+    try:
+        return asyncio.run(run(options, defaulted=defaulted))
+    except KeyboardInterrupt:  # Ctrl-C before the demo was up
+        return 130
+    except OSError as exc:
+        print(f"the demo could not start: {exc}", file=sys.stderr)
+        return 1

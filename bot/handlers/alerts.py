@@ -1,0 +1,145 @@
+"""Stale-notice buttons: Acknowledge, Snooze 1 h / 4 h / 24 h, and List all.
+
+Any replica may get the click (Socket Mode hands it to one random connection), so each handler
+writes the store and updates the notice itself; the store also queues an update for the
+watching replica, which redraws the notice from the newest state in case two edits crossed.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from slack_bolt.context.ack.async_ack import AsyncAck
+from slack_bolt.context.async_context import AsyncBoltContext
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
+
+from bot.blocks import BadButtonValue, Message, build_notice
+from bot.notices import (
+    NoticeRef,
+    build_notice_list,
+    build_notices_off,
+    build_stale_notice,
+    build_unknown_notice,
+)
+from bot.services import Services, services_of
+from bot.store import NoticeState, Store
+
+log = logging.getLogger(__name__)
+
+
+async def handle_acknowledge(
+    ack: AsyncAck,
+    body: dict[str, Any],
+    action: dict[str, Any],
+    context: AsyncBoltContext,
+    client: AsyncWebClient,
+) -> None:
+    """Record who acknowledged the notice and when, and show it on the notice."""
+    services = services_of(context)
+    async with services.inflight.hold():
+        await ack()
+        found = await _notice_and_store(services, body, action)
+        if found is None:
+            return
+        ref, store = found
+        state = await store.acknowledge(ref.notice_id, _user(body), now=services.clock())
+        await _redraw(services, client, body, state)
+
+
+async def handle_snooze(
+    ack: AsyncAck,
+    body: dict[str, Any],
+    action: dict[str, Any],
+    context: AsyncBoltContext,
+    client: AsyncWebClient,
+) -> None:
+    """Stop the notice's reminders for 1, 4 or 24 hours, and show until when."""
+    services = services_of(context)
+    async with services.inflight.hold():
+        await ack()
+        found = await _notice_and_store(services, body, action)
+        if found is None:
+            return
+        ref, store = found
+        if not ref.hours:
+            await _answer(services, body, build_notice("That snooze button could not be read."))
+            return
+        now = services.clock()
+        until = now + timedelta(hours=ref.hours)
+        state = await store.snooze(ref.notice_id, _user(body), until=until, now=now)
+        await _redraw(services, client, body, state)
+
+
+async def handle_stale_list(
+    ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+) -> None:
+    """Every task of a notice with its state, a page at a time, only for the one who asked."""
+    services = services_of(context)
+    async with services.inflight.hold():
+        await ack()
+        found = await _notice_and_store(services, body, action)
+        if found is None:
+            return
+        ref, store = found
+        state = await store.notice_state(ref.notice_id)
+        if state is None or not state.alerts:
+            await _answer(services, body, build_unknown_notice())
+            return
+        message = build_notice_list(state, services.notice_context(), offset=ref.offset)
+        await _answer(services, body, message, replace=ref.replace)
+
+
+async def _notice_and_store(
+    services: Services, body: dict[str, Any], action: dict[str, Any]
+) -> tuple[NoticeRef, Store] | None:
+    try:
+        ref = NoticeRef.parse(action.get("value"))
+    except BadButtonValue as error:
+        await _answer(services, body, build_notice(f"That button could not be read ({error})."))
+        return None
+    if services.store is None:
+        await _answer(services, body, build_notices_off())
+        return None
+    return ref, services.store
+
+
+async def _redraw(
+    services: Services,
+    client: AsyncWebClient,
+    body: dict[str, Any],
+    state: NoticeState | None,
+) -> None:
+    if state is None or not state.alerts:
+        await _answer(services, body, build_unknown_notice())
+        return
+    message = build_stale_notice(state, services.notice_context())
+    container = body.get("container") or {}
+    channel = state.notice.channel or container.get("channel_id")
+    ts = state.notice.ts or container.get("message_ts")
+    if isinstance(channel, str) and isinstance(ts, str):
+        try:
+            await client.chat_update(channel=channel, ts=ts, **message.as_payload())
+            return
+        except SlackApiError as error:
+            log.warning(
+                "could not update the notice; replacing it through response_url",
+                extra={"error": error.response.get("error")},
+            )
+    await _answer(services, body, message, replace=True)
+
+
+async def _answer(
+    services: Services, body: dict[str, Any], message: Message, *, replace: bool = False
+) -> None:
+    url = body.get("response_url")
+    if isinstance(url, str):
+        await services.replies.send(url, message, replace_original=replace)
+
+
+def _user(body: dict[str, Any]) -> str:
+    user = body.get("user") or {}
+    found = user.get("id") if isinstance(user, dict) else None
+    return found if isinstance(found, str) and found else "someone"

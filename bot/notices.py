@@ -1,0 +1,580 @@
+"""Pure Block Kit builders for stale-task notices, their thread replies and the watcher's health.
+
+Same rules as `bot.blocks`: every KPS string is escaped and clipped, every message fits Slack's
+limits (50 blocks, 3000 characters a section, about 12k characters of JSON in all), and button
+values are built and read by one type, `NoticeRef`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from bot.blocks import (
+    MESSAGE_MAX_BLOCKS,
+    MESSAGE_MAX_CHARS,
+    BadButtonValue,
+    Message,
+    clip,
+    escape,
+    format_age,
+    format_date,
+    format_duration,
+    format_utc,
+    payload_chars,
+)
+from bot.stale import task_order
+from bot.store import Alert, NoticeState, WatchState
+from bot.tasks import TaskStatus, operation_label, status_label
+
+ACTION_ACK: Final = "kps_stale_ack"
+ACTION_SNOOZE_PREFIX: Final = "kps_stale_snooze_"
+ACTION_STALE_LIST: Final = "kps_stale_list"
+SNOOZE_HOURS: Final = (1, 4, 24)
+# Action ids must differ within a message, so each snooze length has its own.
+SNOOZE_ACTIONS: Final = tuple(f"{ACTION_SNOOZE_PREFIX}{h}h" for h in SNOOZE_HOURS)
+
+NOTICE_SHOWN: Final = 20  # tasks named in the notice itself; the rest go to its thread
+LIST_PAGE: Final = 20  # tasks per page of the List button's answer
+_REMINDER_SHOWN: Final = 20
+_REPLY_BLOCKS: Final = MESSAGE_MAX_BLOCKS - 2  # room for a title and a closing line
+_SECTION_TEXT: Final = 3000
+_CONTEXT_TEXT: Final = 2000
+_HEADER_TEXT: Final = 150
+_BUTTON_TEXT: Final = 75
+_BUTTON_VALUE: Final = 2000
+_FALLBACK_TEXT: Final = 400
+_MAX_NOTICE_ID: Final = 2**31 - 1
+_MAX_OFFSET: Final = 10_000_000
+_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,40}$")
+
+_Block = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeContext:
+    """Where the notices are about and when they are drawn."""
+
+    project_id: str
+    region: str | None
+    stale_after: timedelta
+    now: datetime
+    renotify_after: timedelta | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeRef:
+    """What a notice button carries: the notice, a snooze length or a list offset."""
+
+    notice_id: int
+    hours: int = 0
+    offset: int = 0
+    replace: bool = False  # the List answer's own Previous/Next replace it
+
+    def __post_init__(self) -> None:
+        if type(self.notice_id) is not int or not 1 <= self.notice_id <= _MAX_NOTICE_ID:
+            raise ValueError("notice id must be a positive whole number")
+        if type(self.hours) is not int or (self.hours and self.hours not in SNOOZE_HOURS):
+            raise ValueError(f"snooze hours must be one of {SNOOZE_HOURS}")
+        if type(self.offset) is not int or not 0 <= self.offset <= _MAX_OFFSET:
+            raise ValueError(f"offset must be a whole number 0-{_MAX_OFFSET}")
+
+    def encode(self) -> str:
+        """Compact versioned JSON, well under Slack's 2000 characters."""
+        data: dict[str, Any] = {"v": 1, "n": self.notice_id}
+        if self.hours:
+            data["h"] = self.hours
+        if self.offset:
+            data["o"] = self.offset
+        if self.replace:
+            data["r"] = 1
+        return json.dumps(data, separators=(",", ":"))
+
+    @classmethod
+    def parse(cls, value: object) -> NoticeRef:
+        """Read a value `encode` wrote; anything else raises `BadButtonValue`."""
+        if not isinstance(value, str) or len(value) > _BUTTON_VALUE:
+            raise BadButtonValue("button value is not a notice reference")
+        try:
+            data = json.loads(value)
+        except (ValueError, RecursionError):
+            raise BadButtonValue("button value is not the bot's JSON") from None
+        if (
+            not isinstance(data, dict)
+            or data.get("v") != 1
+            or set(data) - {"v", "n", "h", "o", "r"}
+        ):
+            raise BadButtonValue("button value is not a notice reference")
+        try:
+            return cls(
+                notice_id=data.get("n"),  # type: ignore[arg-type]  # checked by __post_init__
+                hours=data.get("h", 0),
+                offset=data.get("o", 0),
+                replace=data.get("r", 0) == 1,
+            )
+        except ValueError as exc:
+            raise BadButtonValue(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Clips:
+    """How many escaped characters each KPS string may take in one task line."""
+
+    name: int
+    operation: int
+    ident: int
+    error: int
+    compact: bool = False  # no start date, shorter words
+
+
+# Tried in order until a message fits; the last fits 20 worst-case lines (see the tests).
+_TIERS: Final = (
+    _Clips(80, 40, 64, 160),
+    _Clips(48, 32, 40, 80),
+    _Clips(24, 24, 24, 40, compact=True),
+    _Clips(12, 16, 14, 16, compact=True),
+)
+
+
+# --- the notice -----------------------------------------------------------------------------------
+
+
+def ordered(alerts: Sequence[Alert]) -> list[Alert]:
+    """The order tasks are shown in: oldest first, as in `bot.stale`."""
+    return sorted(alerts, key=task_order)
+
+
+def build_stale_notice(state: NoticeState, ctx: NoticeContext) -> Message:
+    """The channel message: the first tasks with their state, progress, ack/snooze buttons."""
+    tasks = ordered(state.alerts)
+    if not tasks:
+        raise ValueError("a stale notice needs at least one task")
+    shown = tasks[:NOTICE_SHOWN]
+    text = _notice_fallback(tasks, ctx)
+    blocks: list[_Block] = []
+    for clips in _TIERS:
+        blocks = _notice_blocks(state, tasks, shown, ctx, clips)
+        if payload_chars({"text": text, "blocks": blocks}) <= MESSAGE_MAX_CHARS:
+            break
+    return Message(text=text, blocks=tuple(blocks))
+
+
+def _notice_blocks(
+    state: NoticeState,
+    tasks: list[Alert],
+    shown: list[Alert],
+    ctx: NoticeContext,
+    clips: _Clips,
+) -> list[_Block]:
+    notice = state.notice
+    total = len(tasks)
+    running = sum(1 for a in tasks if a.running)
+    blocks: list[_Block] = [_header(_title(total, running))]
+    blocks.append(_section(_summary(tasks, ctx)))
+    blocks.append(_context(_where(ctx, notice.created_at)))
+    blocks.append(_divider())
+    blocks.extend(_section(_task_line(a, ctx, clips)) for a in shown)
+    rest = total - len(shown)
+    if rest:
+        blocks.append(
+            _section(
+                f"…and *{rest}* more stale {_plural(rest, 'task')}, listed in this thread"
+                " (or use *List all*)."
+            )
+        )
+    blocks.append(_divider())
+    status = _status_line(state, ctx, running)
+    if status:
+        blocks.append(_context(status))
+    buttons: list[_Block] = []
+    if running:
+        if notice.acked_by is None:
+            buttons.append(_button("Acknowledge", ACTION_ACK, NoticeRef(notice.id), primary=True))
+        for hours, action in zip(SNOOZE_HOURS, SNOOZE_ACTIONS, strict=True):
+            buttons.append(_button(f"Snooze {hours} h", action, NoticeRef(notice.id, hours=hours)))
+    if rest:
+        buttons.append(_button(f"List all {total}", ACTION_STALE_LIST, NoticeRef(notice.id)))
+    if buttons:
+        blocks.append(_actions(buttons))
+    return blocks
+
+
+def _title(total: int, running: int) -> str:
+    if running == 0:
+        return f"Stale key-pair {_plural(total, 'task')}: all finished"
+    if total == 1:
+        return ":hourglass: A key-pair task is stale"
+    return f":hourglass: {total} key-pair tasks are stale"
+
+
+def _summary(tasks: Sequence[Alert], ctx: NoticeContext) -> str:
+    total = len(tasks)
+    line = (
+        f"*{total}* key-pair {_plural(total, 'task')} went stale:"
+        f" running *{format_duration(ctx.stale_after)}* or longer."
+    )
+    done = [a for a in tasks if not a.running]
+    if not done:
+        return line
+    succeeded = sum(1 for a in done if _phase(a) == "SUCCESS")
+    failed = sum(1 for a in done if _phase(a) == "FAILED")
+    unknown = len(done) - succeeded - failed
+    parts = []
+    if succeeded:
+        parts.append(f"{succeeded} succeeded")
+    if failed:
+        parts.append(f"{failed} failed")
+    if unknown:
+        parts.append(f"{unknown} no longer running (outcome unknown)")
+    lead = f"All {total} finished" if len(done) == total else f"{len(done)} of {total} finished"
+    return f"{line}\n{lead}: {', '.join(parts)}."
+
+
+def _status_line(state: NoticeState, ctx: NoticeContext, running: int) -> str:
+    notice = state.notice
+    parts = []
+    if notice.acked_by is not None:
+        when = f" {format_date(notice.acked_at)}" if notice.acked_at else ""
+        parts.append(f":eyes: Acknowledged by {_user(notice.acked_by)}{when}")
+    if notice.snoozed_until is not None and notice.snoozed_until > ctx.now and running:
+        who = f" by {_user(notice.snoozed_by)}" if notice.snoozed_by else ""
+        parts.append(f":zzz: Reminders snoozed{who} until {format_date(notice.snoozed_until)}")
+    elif ctx.renotify_after is not None and running and notice.acked_by is None:
+        parts.append(
+            f"Reminders every {format_duration(ctx.renotify_after)} in the thread"
+            " until acknowledged"
+        )
+    return " · ".join(parts)
+
+
+def _notice_fallback(tasks: Sequence[Alert], ctx: NoticeContext) -> str:
+    total = len(tasks)
+    names = ", ".join(_shown(a.server_name, 40) or "(no name)" for a in tasks[:5])
+    more = f" and {total - 5} more" if total > 5 else ""
+    line = (
+        f"{total} key-pair {_plural(total, 'task')} running {format_duration(ctx.stale_after)}"
+        f" or longer: {names}{more}"
+    )
+    return clip(line, _FALLBACK_TEXT)
+
+
+# --- thread replies -------------------------------------------------------------------------------
+
+
+def build_detail_replies(tasks: Sequence[Alert], ctx: NoticeContext) -> list[Message]:
+    """The tasks the notice itself has no room for, listed in its thread; none left out."""
+    rest = ordered(tasks)[NOTICE_SHOWN:]
+    total = len(tasks)
+    return _pack(
+        rest,
+        ctx,
+        lambda first, last: f"Stale tasks {NOTICE_SHOWN + first}–{NOTICE_SHOWN + last} of {total}",
+        fallback=f"The other {len(rest)} stale key-pair tasks",
+    )
+
+
+def build_ending_replies(ended: Sequence[Alert], ctx: NoticeContext) -> list[Message]:
+    """Thread replies saying how tasks ended and how long they ran; one per ~40 tasks."""
+    tasks = ordered(ended)
+    count = len(tasks)
+
+    def title(first: int, last: int) -> str:
+        if count == 1:
+            return "A stale task has ended"
+        if first == 1 and last == count:
+            return f"{count} stale tasks have ended"
+        return f"Stale tasks that ended ({first}–{last} of {count})"
+
+    fallback = _ending_fallback(tasks)
+    return _pack(tasks, ctx, title, fallback=fallback)
+
+
+def build_reminder(state: NoticeState, ctx: NoticeContext) -> Message:
+    """A reminder in the notice's thread: what is still running, and for how long."""
+    running = [a for a in ordered(state.alerts) if a.running]
+    if not running:
+        raise ValueError("a reminder needs a running task")
+    count = len(running)
+    verb = "is" if count == 1 else "are"
+    title = f":bell: {count} {_plural(count, 'task')} from this notice {verb} still running"
+    fallback = f"Reminder: {count} stale key-pair {_plural(count, 'task')} still running"
+    hint = "Acknowledge or snooze the notice to stop these reminders."
+    shown = running[:_REMINDER_SHOWN]
+    rest = count - len(shown)
+    tail = f"…and {rest} more still running (List all on the notice). {hint}" if rest else hint
+    blocks: list[_Block] = []
+    for clips in _TIERS:
+        blocks = [_section(title), *(_section(_task_line(a, ctx, clips)) for a in shown)]
+        blocks.append(_context(tail))
+        if payload_chars({"text": fallback, "blocks": blocks}) <= MESSAGE_MAX_CHARS:
+            break
+    return Message(text=clip(fallback, _FALLBACK_TEXT), blocks=tuple(blocks))
+
+
+def build_notice_list(state: NoticeState, ctx: NoticeContext, *, offset: int) -> Message:
+    """One page of a notice's tasks with their state, for the List all button (ephemeral)."""
+    tasks = ordered(state.alerts)
+    total = len(tasks)
+    start = min(max(offset, 0), max(0, (total - 1) // LIST_PAGE * LIST_PAGE))
+    page = tasks[start : start + LIST_PAGE]
+    notice_id = state.notice.id
+    title = (
+        f"Stale tasks {start + 1}–{start + len(page)} of {total}"
+        f" from the notice of {format_date(state.notice.created_at)}"
+    )
+    buttons: list[_Block] = []
+    if start > 0:
+        back = NoticeRef(notice_id, offset=max(0, start - LIST_PAGE), replace=True)
+        buttons.append(_button("← Previous", ACTION_STALE_LIST, back))
+    if start + len(page) < total:
+        ahead = NoticeRef(notice_id, offset=start + LIST_PAGE, replace=True)
+        buttons.append(_button("Next →", ACTION_STALE_LIST, ahead))
+    text = f"Stale tasks {start + 1}–{start + len(page)} of {total}"
+    blocks: list[_Block] = []
+    for clips in _TIERS:
+        blocks = [_section(title), *(_section(_task_line(a, ctx, clips)) for a in page)]
+        if buttons:
+            blocks.append(_actions(buttons))
+        if payload_chars({"text": text, "blocks": blocks}) <= MESSAGE_MAX_CHARS:
+            break
+    return Message(text=text, blocks=tuple(blocks))
+
+
+def build_unknown_notice() -> Message:
+    """The answer to a button on a notice the state store no longer holds."""
+    words = (
+        "This notice is no longer in the bot's state store (it was pruned, or STATE_URL changed),"
+        " so it cannot be changed. `/kps` lists the running tasks."
+    )
+    return Message(text=clip(words, _FALLBACK_TEXT), blocks=(_section(words),))
+
+
+def build_notices_off() -> Message:
+    """The answer to a notice button on a bot that runs no watcher."""
+    words = "Stale-task notices are off on this bot (STALE_CHANNEL_ID is unset)."
+    return Message(text=words, blocks=(_section(words),))
+
+
+# --- the watcher's own health ---------------------------------------------------------------------
+
+
+def build_impaired(state: WatchState, ctx: NoticeContext, *, poll_interval: float) -> Message:
+    """The one notice that watching is impaired: since when, why, and what that means."""
+    since = state.failing_since or ctx.now
+    error = _shown(state.last_error or "unknown error", 600) or "unknown error"
+    lines = (
+        f":warning: *Watching for stale key-pair tasks is impaired.* The last {state.failures}"
+        f" scans of the running tasks failed (since {format_date(since)}).",
+        f"Last error: {error}",
+        "Until a scan succeeds, new stale tasks are not announced and ended tasks are not"
+        f" reported. The bot keeps trying every {_seconds(poll_interval)} and says here when"
+        " watching works again.",
+    )
+    text = clip(
+        f"Watching for stale key-pair tasks is impaired: {state.failures} scans failed",
+        _FALLBACK_TEXT,
+    )
+    return Message(text=text, blocks=(_section(lines[0]), _section(lines[1]), _context(lines[2])))
+
+
+def build_recovered(state: WatchState, ctx: NoticeContext) -> Message:
+    """The one notice that watching works again, after how long."""
+    since = state.failing_since
+    took = f" after {format_duration(ctx.now - since)}" if since is not None else ""
+    words = (
+        f":white_check_mark: *Watching for stale key-pair tasks works again*{took}."
+        " Tasks that went stale meanwhile are announced now, and ended ones reported."
+    )
+    text = f"Watching for stale key-pair tasks works again{took}"
+    return Message(text=text, blocks=(_section(words),))
+
+
+def watch_problem(state: WatchState) -> str:
+    """The Home tab's words for an impaired watcher (plain text; the Home tab escapes it)."""
+    since = format_utc(state.failing_since) if state.failing_since else "recently"
+    error = (state.last_error or "unknown error")[:200]
+    return f"Watching for stale tasks is impaired since {since}: {error}"
+
+
+# --- task lines -----------------------------------------------------------------------------------
+
+
+def _task_line(alert: Alert, ctx: NoticeContext, clips: _Clips) -> str:
+    name = _shown(alert.server_name, clips.name) or "(no name)"
+    keypair = _code(alert.keypair_name, clips.name)
+    operation = _shown(operation_label(alert.operate_type), clips.operation) or "operation"
+    task = _code(alert.task_id, clips.ident)
+    if alert.running:
+        age = format_age(alert.started_at, ctx.now)
+        since = ""
+        if alert.started_at is not None and not clips.compact:
+            since = f" (since {format_date(alert.started_at)})"
+        return (
+            f":hourglass_flowing_sand: *{name}* · key pair {keypair} · {operation}"
+            f" · running *{age}*{since} · task {task}"
+        )
+    mark, how = _ending_words(alert, clips)
+    return f"{mark} *{name}* · key pair {keypair} · {how} · task {task}"
+
+
+def _ending_words(alert: Alert, clips: _Clips) -> tuple[str, str]:
+    ran = _ran(alert)
+    outcome = alert.outcome
+    if outcome is None:
+        return ":black_square_for_stop:", f"no longer running (outcome unknown) · ran {ran}"
+    label = _shown(status_label(outcome), clips.operation) or "ended"
+    raw = _code(outcome, clips.ident)
+    phase = _phase(alert)
+    if phase == "SUCCESS":
+        return ":white_check_mark:", f"{label} ({raw}) after {ran}"
+    if phase == "FAILED":
+        reason = ""
+        said = " ".join(p for p in (alert.error_code, alert.error_msg) if p)
+        if said:
+            reason = f": {_code(said, clips.error)}"
+        return ":x:", f"*{label}* ({raw}){reason} after {ran}"
+    return ":grey_question:", f"ended as {raw} after {ran}"
+
+
+def _ran(alert: Alert) -> str:
+    if alert.started_at is None or alert.finished_at is None:
+        return "an unknown time"
+    # format_age measures from a start to a moment, as "running 47 min" does.
+    ran = format_age(alert.started_at, alert.finished_at)
+    if ran == "just now":
+        return "under a minute"
+    return "an unknown time" if ran == "unknown" else f"about {ran}"
+
+
+def _phase(alert: Alert) -> str | None:
+    if alert.outcome is None:
+        return None
+    return TaskStatus(alert.task_id, "", alert.outcome).phase
+
+
+def _ending_fallback(tasks: Sequence[Alert]) -> str:
+    if len(tasks) == 1:
+        alert = tasks[0]
+        name = _shown(alert.server_name, 60) or "(no name)"
+        if alert.outcome is None:
+            return clip(f"{name}: no longer running", _FALLBACK_TEXT)
+        return clip(f"{name}: {_shown(status_label(alert.outcome), 80)}", _FALLBACK_TEXT)
+    return f"{len(tasks)} stale key-pair tasks have ended"
+
+
+# --- packing lines into messages ------------------------------------------------------------------
+
+
+def _pack(
+    tasks: Sequence[Alert],
+    ctx: NoticeContext,
+    title: Callable[[int, int], str],
+    *,
+    fallback: str,
+) -> list[Message]:
+    """Split task lines over as few messages as fit Slack's limits, in order, none dropped."""
+    if not tasks:
+        return []
+    text = clip(escape(fallback), _FALLBACK_TEXT)
+    clips = _TIERS[0]
+    lines = [_section(_task_line(a, ctx, clips)) for a in tasks]
+    # A title costs at most this much: one section of up to ~200 characters.
+    budget = MESSAGE_MAX_CHARS - payload_chars({"text": text, "blocks": []}) - 400
+    groups: list[list[_Block]] = []
+    current: list[_Block] = []
+    size = 0
+    for block in lines:
+        cost = len(json.dumps(block, ensure_ascii=False)) + 2
+        if current and (len(current) >= _REPLY_BLOCKS or size + cost > budget):
+            groups.append(current)
+            current, size = [], 0
+        current.append(block)
+        size += cost
+    groups.append(current)
+    messages = []
+    first = 1
+    for group in groups:
+        last = first + len(group) - 1
+        blocks = [_section(f"*{title(first, last)}*"), *group]
+        messages.append(Message(text=text, blocks=tuple(blocks)))
+        first = last + 1
+    return messages
+
+
+# --- small pieces ---------------------------------------------------------------------------------
+
+
+def _where(ctx: NoticeContext, created_at: datetime) -> str:
+    parts = [f"Project {_code(ctx.project_id, 100)}"]
+    if ctx.region:
+        parts.append(f"Region {_code(ctx.region, 60)}")
+    parts.append(f"Noticed {format_date(created_at)}")
+    return " · ".join(parts)
+
+
+def _plural(count: int, word: str) -> str:
+    return word if count == 1 else word + "s"
+
+
+def _seconds(seconds: float) -> str:
+    if seconds >= 60 and seconds % 60 == 0:
+        return format_duration(timedelta(seconds=seconds))
+    return f"{seconds:g} s"
+
+
+def _shown(text: str, limit: int) -> str:
+    # Escaping never shortens text, so only the first limit + 1 characters can be shown.
+    return clip(escape(text.strip()[: limit + 1]), limit).strip()
+
+
+def _code(text: str, limit: int) -> str:
+    # A backtick would end the code span early; U+02CB looks the same.
+    inner = _shown(text, limit).replace("`", "\u02cb")
+    return f"`{inner}`" if inner else "(empty)"
+
+
+def _user(user_id: str) -> str:
+    # Slack user ids are U… or W…; anything else is shown as text, never as a mention.
+    return f"<@{user_id}>" if _USER_ID.match(user_id) else _shown(user_id, 60) or "someone"
+
+
+def _mrkdwn(text: str, limit: int) -> dict[str, Any]:
+    # verbatim: Slack must not auto-link URLs or channel names found in KPS strings.
+    return {"type": "mrkdwn", "text": clip(text, limit), "verbatim": True}
+
+
+def _header(text: str) -> _Block:
+    text_object = {"type": "plain_text", "text": clip(text, _HEADER_TEXT), "emoji": True}
+    return {"type": "header", "text": text_object}
+
+
+def _section(text: str) -> _Block:
+    return {"type": "section", "text": _mrkdwn(text, _SECTION_TEXT)}
+
+
+def _context(text: str) -> _Block:
+    return {"type": "context", "elements": [_mrkdwn(text, _CONTEXT_TEXT)]}
+
+
+def _divider() -> _Block:
+    return {"type": "divider"}
+
+
+def _actions(buttons: list[_Block]) -> _Block:
+    return {"type": "actions", "elements": buttons}
+
+
+def _button(label: str, action_id: str, ref: NoticeRef, *, primary: bool = False) -> _Block:
+    button: _Block = {
+        "type": "button",
+        "text": {"type": "plain_text", "text": clip(label, _BUTTON_TEXT), "emoji": True},
+        "action_id": action_id,
+        "value": ref.encode(),
+    }
+    if primary:
+        button["style"] = "primary"
+    return button

@@ -1,0 +1,932 @@
+"""Alert state in SQLAlchemy Core: SQLite by default, PostgreSQL when several replicas share it.
+
+What lives here: the notices posted (channel, ts, acknowledgement, snooze, last reminder), the
+stale tasks each announced (and how each ended), the outbox of Slack calls still to make, the
+watcher's lease, the watcher's failure streak, and the problems the Home tab shows.
+
+Every change that must reach Slack is written together with its outbox row in one transaction,
+and every decision that could be taken twice by two replicas is a compare-and-set (an UPDATE
+with a WHERE on the old value, or an INSERT that a primary key refuses), so a second leader
+can waste work but never duplicate a notice, a thread reply or an impaired notice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import RowMapping, make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION: Final = 1
+# Any constant works; it only has to be the same in every replica (pg_advisory_xact_lock).
+_MIGRATION_LOCK: Final = 0x6B7073  # "kps"
+_IN_CHUNK: Final = 500  # ids per IN (...) list: SQLite allows 32k variables, asyncpg 32k too
+_WATCH_ID: Final = 1
+_LEASE_NAME: Final = "watcher"
+
+NOTICE_STALE: Final = "stale"
+NOTICE_IMPAIRED: Final = "impaired"
+NOTICE_RECOVERED: Final = "recovered"
+POST: Final = "post"
+REPLY: Final = "reply"
+UPDATE: Final = "update"
+_PENDING: Final = "pending"
+_SENT: Final = "sent"
+_DEAD: Final = "dead"
+
+metadata = sa.MetaData()
+
+schema_version = sa.Table(
+    "kps_schema_version",
+    metadata,
+    sa.Column("version", sa.Integer, nullable=False),
+)
+
+notices = sa.Table(
+    "kps_notices",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("channel", sa.Text, nullable=False),
+    sa.Column("ts", sa.Text),  # Slack's id of the message, known once chat.postMessage succeeded
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("posted_at", sa.Float),
+    sa.Column("acked_by", sa.Text),
+    sa.Column("acked_at", sa.Float),
+    sa.Column("snoozed_by", sa.Text),
+    sa.Column("snoozed_until", sa.Float),
+    sa.Column("reminded_at", sa.Float),
+)
+
+alerts = sa.Table(
+    "kps_alerts",
+    metadata,
+    # The primary key is what makes "announced once" hold across scans, restarts and replicas.
+    sa.Column("task_id", sa.Text, primary_key=True),
+    sa.Column("notice_id", sa.Integer, sa.ForeignKey("kps_notices.id"), nullable=False),
+    sa.Column("server_name", sa.Text, nullable=False),
+    sa.Column("server_id", sa.Text, nullable=False),
+    sa.Column("keypair_name", sa.Text, nullable=False),
+    sa.Column("operate_type", sa.Text, nullable=False),
+    sa.Column("started_at", sa.Float),
+    sa.Column("announced_at", sa.Float, nullable=False),
+    sa.Column("finished_at", sa.Float),  # NULL while the task runs
+    sa.Column("outcome", sa.Text),  # KPS task_status, e.g. SUCCESS_RESET; NULL: unknown
+    sa.Column("error_code", sa.Text),
+    sa.Column("error_msg", sa.Text),
+    sa.Column("missing_since", sa.Float),  # first complete scan without it, while KPS says running
+    sa.Index("kps_alerts_notice", "notice_id"),
+    sa.Index("kps_alerts_finished", "finished_at"),
+)
+
+outbox = sa.Table(
+    "kps_outbox",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("notice_id", sa.Integer, sa.ForeignKey("kps_notices.id"), nullable=False),
+    sa.Column("kind", sa.String(8), nullable=False),  # post, reply or update
+    sa.Column("body", sa.Text),  # JSON text+blocks; NULL: render the notice when sending
+    sa.Column("state", sa.String(8), nullable=False),  # pending, sent or dead
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("due_at", sa.Float, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("claimed_by", sa.Text),
+    sa.Column("claimed_until", sa.Float),
+    sa.Column("sent_at", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Index("kps_outbox_state", "state", "id"),
+    sa.Index("kps_outbox_notice", "notice_id"),
+)
+
+lease = sa.Table(
+    "kps_lease",
+    metadata,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Column("acquired_at", sa.Float, nullable=False),
+)
+
+watch = sa.Table(
+    "kps_watch",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("failures", sa.Integer, nullable=False),
+    sa.Column("failing_since", sa.Float),
+    sa.Column("last_error", sa.Text),
+    sa.Column("impaired", sa.Boolean, nullable=False),
+    sa.Column("last_ok_at", sa.Float),
+)
+
+problems = sa.Table(
+    "kps_problems",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("since", sa.Float, nullable=False),
+)
+
+# Version -> the DDL that brings version - 1 up to it. Version 1 is create_all.
+_MIGRATIONS: Final[Mapping[int, Any]] = {}
+
+
+class StoreError(Exception):
+    """The state store cannot be used as it is (for example its schema is too new)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One stale task as it was announced, and how it ended once it did."""
+
+    task_id: str
+    notice_id: int
+    server_name: str
+    server_id: str
+    keypair_name: str
+    operate_type: str
+    started_at: datetime | None
+    announced_at: datetime
+    finished_at: datetime | None = None
+    outcome: str | None = None
+    error_code: str | None = None
+    error_msg: str | None = None
+    missing_since: datetime | None = None
+
+    @property
+    def running(self) -> bool:
+        """True until a complete scan found the task gone and its ending was recorded."""
+        return self.finished_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """One channel message: a stale-task notice, or an impaired/recovered notice."""
+
+    id: int
+    kind: str
+    channel: str
+    ts: str | None
+    created_at: datetime
+    posted_at: datetime | None = None
+    acked_by: str | None = None
+    acked_at: datetime | None = None
+    snoozed_by: str | None = None
+    snoozed_until: datetime | None = None
+    reminded_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeState:
+    """A notice with every task it announced."""
+
+    notice: Notice
+    alerts: tuple[Alert, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a task ended, as the watcher learned it from KPS (`outcome` None: unknown)."""
+
+    task_id: str
+    finished_at: datetime
+    outcome: str | None
+    error_code: str | None = None
+    error_msg: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxItem:
+    """A Slack call still to make, with where its notice is (ts None: not posted yet)."""
+
+    id: int
+    notice_id: int
+    kind: str
+    body: dict[str, Any] | None
+    attempts: int
+    due_at: datetime
+    channel: str
+    notice_ts: str | None
+    notice_kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class WatchState:
+    """The watcher's failure streak, shared by every replica."""
+
+    failures: int = 0
+    failing_since: datetime | None = None
+    last_error: str | None = None
+    impaired: bool = False
+    last_ok_at: datetime | None = None
+
+
+class Store:
+    """The one interface to alert state; `open()` it, `migrate()` at start, `close()` at exit."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._postgres = engine.dialect.name == "postgresql"
+
+    def __repr__(self) -> str:
+        # The URL may carry a password: name the backend only.
+        return f"Store({self._engine.dialect.name})"
+
+    @classmethod
+    def open(cls, url: str) -> Store:
+        """A store for `url` (sqlite+aiosqlite:/// or postgresql+asyncpg://); connects lazily."""
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            # A 30 s busy timeout: a click and the watcher may write at the same moment.
+            engine = create_async_engine(parsed, connect_args={"timeout": 30})
+            _serialise_sqlite(engine)
+        else:
+            engine = create_async_engine(parsed, pool_pre_ping=True, pool_size=5)
+        return cls(engine)
+
+    @property
+    def backend(self) -> str:
+        """ "sqlite" or "postgresql"."""
+        return str(self._engine.dialect.name)
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        await self._engine.dispose()
+
+    async def migrate(self) -> None:
+        """Create the schema, or bring an older one up to SCHEMA_VERSION; safe to race."""
+        async with self._begin() as conn:
+            if self._postgres:
+                # Two replicas starting together would both run CREATE TABLE; one waits here.
+                await conn.execute(sa.select(sa.func.pg_advisory_xact_lock(_MIGRATION_LOCK)))
+            await conn.run_sync(lambda c: schema_version.create(c, checkfirst=True))
+            version = (await conn.execute(sa.select(schema_version.c.version))).scalar()
+            if version is None:
+                await conn.run_sync(metadata.create_all)
+                await conn.execute(schema_version.insert().values(version=SCHEMA_VERSION))
+            elif version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"the state store has schema version {version}, newer than this bot's "
+                    f"{SCHEMA_VERSION}: run the newer bot, or point STATE_URL elsewhere"
+                )
+            else:
+                for step in range(version + 1, SCHEMA_VERSION + 1):
+                    await conn.run_sync(_MIGRATIONS[step])
+                    await conn.execute(schema_version.update().values(version=step))
+            exists = await conn.execute(sa.select(watch.c.id).where(watch.c.id == _WATCH_ID))
+            if exists.first() is None:
+                await conn.execute(watch.insert().values(id=_WATCH_ID, failures=0, impaired=False))
+
+    # -- lease --------------------------------------------------------------------------------
+
+    async def acquire_lease(self, holder: str, *, ttl: float, now: datetime) -> bool:
+        """Take or renew the watcher lease; True while `holder` has it."""
+        at = _ts(now)
+        insert = self._insert(lease).values(
+            name=_LEASE_NAME, holder=holder, expires_at=at + ttl, acquired_at=at
+        )
+        # Renew our own lease, or take one whose holder let it expire; never steal a live one.
+        statement = insert.on_conflict_do_update(
+            index_elements=[lease.c.name],
+            set_={
+                "holder": insert.excluded.holder,
+                "expires_at": insert.excluded.expires_at,
+                "acquired_at": sa.case(
+                    (lease.c.holder == insert.excluded.holder, lease.c.acquired_at),
+                    else_=insert.excluded.acquired_at,
+                ),
+            },
+            where=sa.or_(lease.c.holder == insert.excluded.holder, lease.c.expires_at < at),
+        ).returning(lease.c.holder)
+        async with self._begin() as conn:
+            row = (await conn.execute(statement)).first()
+        return row is not None and row[0] == holder
+
+    async def release_lease(self, holder: str) -> None:
+        """Give the lease up at once, so another replica need not wait for it to expire."""
+        async with self._begin() as conn:
+            await conn.execute(
+                lease.delete().where(lease.c.name == _LEASE_NAME, lease.c.holder == holder)
+            )
+
+    async def lease_holder(self, *, now: datetime) -> str | None:
+        """Who holds an unexpired lease, if anyone."""
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(lease.c.holder).where(
+                        lease.c.name == _LEASE_NAME, lease.c.expires_at >= _ts(now)
+                    )
+                )
+            ).first()
+        return None if row is None else str(row[0])
+
+    # -- announcing ---------------------------------------------------------------------------
+
+    async def announced(self, task_ids: Iterable[str]) -> set[str]:
+        """Which of these tasks were announced already, running or not."""
+        ids = list(dict.fromkeys(task_ids))
+        found: set[str] = set()
+        async with self._engine.connect() as conn:
+            for chunk in _chunks(ids):
+                rows = await conn.execute(
+                    sa.select(alerts.c.task_id).where(alerts.c.task_id.in_(chunk))
+                )
+                found.update(str(r[0]) for r in rows)
+        return found
+
+    async def announce(
+        self,
+        *,
+        channel: str,
+        now: datetime,
+        tasks: Sequence[Alert],
+        replies: Sequence[Mapping[str, Any]] = (),
+    ) -> int | None:
+        """Record a notice for `tasks`, its post and its thread `replies` in one transaction.
+
+        Returns the notice id, or None when another replica announced one of the tasks first
+        (the primary key refuses it and nothing is written).
+        """
+        if not tasks:
+            raise ValueError("a notice needs at least one task")
+        at = _ts(now)
+        try:
+            async with self._begin() as conn:
+                notice_id = await self._insert_notice(conn, NOTICE_STALE, channel, at)
+                await conn.execute(
+                    alerts.insert(),
+                    [
+                        {
+                            "task_id": a.task_id,
+                            "notice_id": notice_id,
+                            "server_name": a.server_name,
+                            "server_id": a.server_id,
+                            "keypair_name": a.keypair_name,
+                            "operate_type": a.operate_type,
+                            "started_at": _ts_or_none(a.started_at),
+                            "announced_at": at,
+                        }
+                        for a in tasks
+                    ],
+                )
+                await self._enqueue(conn, notice_id, POST, None, at)
+                for body in replies:
+                    await self._enqueue(conn, notice_id, REPLY, body, at)
+        except IntegrityError:
+            log.info("another replica announced these tasks first", extra={"tasks": len(tasks)})
+            return None
+        return notice_id
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def open_alerts(self) -> list[Alert]:
+        """Every announced task not yet known to have ended."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(sa.select(alerts).where(alerts.c.finished_at.is_(None)))
+            return [_alert(r._mapping) for r in rows]
+
+    async def notice_state(self, notice_id: int) -> NoticeState | None:
+        """A notice with all its tasks; None when unknown (or pruned)."""
+        async with self._engine.connect() as conn:
+            return await self._notice_state(conn, notice_id)
+
+    async def reminder_candidates(self) -> list[NoticeState]:
+        """Posted stale notices that still have running tasks."""
+        running = (
+            sa.select(alerts.c.notice_id).where(alerts.c.finished_at.is_(None)).distinct()
+        ).subquery()
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(notices)
+                .where(
+                    notices.c.kind == NOTICE_STALE,
+                    notices.c.ts.is_not(None),
+                    notices.c.id.in_(sa.select(running.c.notice_id)),
+                )
+                .order_by(notices.c.id)
+            )
+            found = [_notice(r._mapping) for r in rows]
+            states = []
+            for notice in found:
+                tasks = await conn.execute(
+                    sa.select(alerts).where(
+                        alerts.c.notice_id == notice.id, alerts.c.finished_at.is_(None)
+                    )
+                )
+                states.append(NoticeState(notice, tuple(_alert(r._mapping) for r in tasks)))
+            return states
+
+    # -- endings ------------------------------------------------------------------------------
+
+    async def record_endings(
+        self,
+        endings: Sequence[Ending],
+        *,
+        now: datetime,
+        replies: Mapping[int, Sequence[Mapping[str, Any]]],
+        missing: Iterable[str] = (),
+        back: Iterable[str] = (),
+    ) -> bool:
+        """Mark tasks ended, queue their thread `replies` and notice updates, in one transaction.
+
+        `missing`: tasks a complete scan did not list while KPS still calls them running (their
+        grace period starts now); `back`: tasks listed again. False, with nothing written, when
+        another replica recorded one of the endings first.
+        """
+        at = _ts(now)
+        try:
+            await self._record_endings(endings, at, replies, list(missing), list(back))
+        except _Lost:
+            log.info("another replica recorded these endings first")
+            return False
+        return True
+
+    async def _record_endings(
+        self,
+        endings: Sequence[Ending],
+        at: float,
+        replies: Mapping[int, Sequence[Mapping[str, Any]]],
+        missing: list[str],
+        back: list[str],
+    ) -> None:
+        async with self._begin() as conn:
+            for ending in endings:
+                done = await conn.execute(
+                    alerts.update()
+                    .where(alerts.c.task_id == ending.task_id, alerts.c.finished_at.is_(None))
+                    .values(
+                        finished_at=_ts(ending.finished_at),
+                        outcome=ending.outcome,
+                        error_code=ending.error_code,
+                        error_msg=ending.error_msg,
+                    )
+                )
+                if done.rowcount != 1:
+                    # Raising rolls back the whole transaction: nothing half-recorded.
+                    raise _Lost()
+            for notice_id, bodies in replies.items():
+                for body in bodies:
+                    await self._enqueue(conn, notice_id, REPLY, body, at)
+            touched = {e.task_id for e in endings}
+            if touched:
+                for notice_id in await self._notices_of(conn, touched):
+                    await self._enqueue_update(conn, notice_id, at)
+            for chunk in _chunks(missing):
+                await conn.execute(
+                    alerts.update()
+                    .where(alerts.c.task_id.in_(chunk), alerts.c.missing_since.is_(None))
+                    .values(missing_since=at)
+                )
+            for chunk in _chunks(back):
+                await conn.execute(
+                    alerts.update().where(alerts.c.task_id.in_(chunk)).values(missing_since=None)
+                )
+
+    # -- reminders, acknowledge, snooze -------------------------------------------------------
+
+    async def remind(
+        self, notice_id: int, *, due_before: datetime, now: datetime, body: Mapping[str, Any]
+    ) -> bool:
+        """Queue a reminder in the notice's thread if none went out since `due_before` (CAS).
+
+        Two replicas deciding the same reminder both ask; the first moves `reminded_at` to now,
+        so the second's condition no longer holds and it queues nothing.
+        """
+        at = _ts(now)
+        last = sa.func.coalesce(notices.c.reminded_at, notices.c.posted_at, notices.c.created_at)
+        async with self._begin() as conn:
+            done = await conn.execute(
+                notices.update()
+                .where(notices.c.id == notice_id, last <= _ts(due_before))
+                .values(reminded_at=at)
+            )
+            if done.rowcount != 1:
+                return False
+            await self._enqueue(conn, notice_id, REPLY, body, at)
+        return True
+
+    async def acknowledge(self, notice_id: int, user: str, *, now: datetime) -> NoticeState | None:
+        """Record who acknowledged first and when; queue a notice update. None: unknown notice."""
+        at = _ts(now)
+        async with self._begin() as conn:
+            await conn.execute(
+                notices.update()
+                .where(notices.c.id == notice_id, notices.c.acked_by.is_(None))
+                .values(acked_by=user, acked_at=at)
+            )
+            return await self._touched(conn, notice_id, at)
+
+    async def snooze(
+        self, notice_id: int, user: str, *, until: datetime, now: datetime
+    ) -> NoticeState | None:
+        """Stop reminders until `until`; queue a notice update. None: unknown notice."""
+        at = _ts(now)
+        async with self._begin() as conn:
+            await conn.execute(
+                notices.update()
+                .where(notices.c.id == notice_id)
+                .values(snoozed_by=user, snoozed_until=_ts(until))
+            )
+            return await self._touched(conn, notice_id, at)
+
+    # -- outbox -------------------------------------------------------------------------------
+
+    async def pending(self, *, limit: int = 200) -> list[OutboxItem]:
+        """The oldest pending outbox rows, due or not, with where their notice is."""
+        query = (
+            sa.select(outbox, notices.c.channel, notices.c.ts, notices.c.kind.label("nkind"))
+            .join(notices, notices.c.id == outbox.c.notice_id)
+            .where(outbox.c.state == _PENDING)
+            .order_by(outbox.c.id)
+            .limit(limit)
+        )
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(query)
+            return [
+                OutboxItem(
+                    id=int(m["id"]),
+                    notice_id=int(m["notice_id"]),
+                    kind=str(m["kind"]),
+                    body=None if m["body"] is None else json.loads(m["body"]),
+                    attempts=int(m["attempts"]),
+                    due_at=_dt(m["due_at"]),
+                    channel=str(m["channel"]),
+                    notice_ts=m["ts"],
+                    notice_kind=str(m["nkind"]),
+                )
+                for m in (r._mapping for r in rows)
+            ]
+
+    async def claim(self, item_id: int, holder: str, *, now: datetime, ttl: float) -> bool:
+        """Take one row for sending; False when it was sent or another process holds it."""
+        at = _ts(now)
+        async with self._begin() as conn:
+            done = await conn.execute(
+                outbox.update()
+                .where(
+                    outbox.c.id == item_id,
+                    outbox.c.state == _PENDING,
+                    sa.or_(
+                        outbox.c.claimed_until.is_(None),
+                        outbox.c.claimed_until < at,
+                        outbox.c.claimed_by == holder,
+                    ),
+                )
+                .values(claimed_by=holder, claimed_until=at + ttl)
+            )
+        return bool(done.rowcount == 1)
+
+    async def mark_sent(
+        self, item: OutboxItem, *, now: datetime, ts: str | None, channel: str | None
+    ) -> None:
+        """Slack accepted the row; a post also records the notice's ts and channel."""
+        at = _ts(now)
+        async with self._begin() as conn:
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.id == item.id)
+                .values(state=_SENT, sent_at=at, claimed_by=None, claimed_until=None)
+            )
+            if item.kind == POST and ts:
+                await conn.execute(
+                    notices.update()
+                    .where(notices.c.id == item.notice_id)
+                    .values(ts=ts, channel=channel or item.channel, posted_at=at)
+                )
+
+    async def defer(self, item: OutboxItem, *, until: datetime, error: str) -> None:
+        """Slack failed; try the row again at `until`."""
+        async with self._begin() as conn:
+            await conn.execute(
+                outbox.update()
+                .where(outbox.c.id == item.id)
+                .values(
+                    due_at=_ts(until),
+                    attempts=outbox.c.attempts + 1,
+                    last_error=error[:500],
+                    claimed_by=None,
+                    claimed_until=None,
+                )
+            )
+
+    async def give_up(self, item: OutboxItem, *, error: str) -> None:
+        """Slack refused the row for good; a refused post takes its thread rows with it."""
+        async with self._begin() as conn:
+            where = outbox.c.id == item.id
+            if item.kind == POST:
+                where = sa.or_(
+                    where,
+                    sa.and_(outbox.c.notice_id == item.notice_id, outbox.c.state == _PENDING),
+                )
+            await conn.execute(
+                outbox.update()
+                .where(where)
+                .values(state=_DEAD, last_error=error[:500], claimed_by=None, claimed_until=None)
+            )
+
+    # -- the watcher's health -----------------------------------------------------------------
+
+    async def watch_state(self) -> WatchState:
+        """The current failure streak."""
+        async with self._engine.connect() as conn:
+            return await self._watch(conn)
+
+    async def count_failure(self, *, now: datetime, error: str) -> WatchState:
+        """One more failed scan in a row; the streak after it."""
+        async with self._begin() as conn:
+            await conn.execute(
+                watch.update()
+                .where(watch.c.id == _WATCH_ID)
+                .values(
+                    failures=watch.c.failures + 1,
+                    failing_since=sa.func.coalesce(watch.c.failing_since, _ts(now)),
+                    last_error=error[:1000],
+                )
+            )
+            return await self._watch(conn)
+
+    async def count_success(self, *, now: datetime) -> WatchState:
+        """A complete scan: the streak ends; returns the state from before it ended."""
+        async with self._begin() as conn:
+            before = await self._watch(conn)
+            await conn.execute(
+                watch.update()
+                .where(watch.c.id == _WATCH_ID)
+                .values(failures=0, failing_since=None, last_ok_at=_ts(now))
+            )
+            return before
+
+    async def mark_impaired(
+        self, *, channel: str, now: datetime, body: Mapping[str, Any], problem: str
+    ) -> bool:
+        """Queue the one impaired notice and show `problem` on the Home tab (CAS)."""
+        at = _ts(now)
+        async with self._begin() as conn:
+            done = await conn.execute(
+                watch.update()
+                .where(watch.c.id == _WATCH_ID, watch.c.impaired.is_(False))
+                .values(impaired=True)
+            )
+            if done.rowcount != 1:
+                return False
+            notice_id = await self._insert_notice(conn, NOTICE_IMPAIRED, channel, at)
+            await self._enqueue(conn, notice_id, POST, body, at)
+            await self._put_problem(conn, "watch", problem, at)
+        return True
+
+    async def mark_recovered(self, *, channel: str, now: datetime, body: Mapping[str, Any]) -> bool:
+        """Queue the one recovered notice and clear the Home tab problem (CAS)."""
+        at = _ts(now)
+        async with self._begin() as conn:
+            done = await conn.execute(
+                watch.update()
+                .where(watch.c.id == _WATCH_ID, watch.c.impaired.is_(True))
+                .values(impaired=False)
+            )
+            if done.rowcount != 1:
+                return False
+            notice_id = await self._insert_notice(conn, NOTICE_RECOVERED, channel, at)
+            await self._enqueue(conn, notice_id, POST, body, at)
+            await conn.execute(problems.delete().where(problems.c.key == "watch"))
+        return True
+
+    # -- problems -----------------------------------------------------------------------------
+
+    async def set_problem(self, key: str, text: str, *, now: datetime) -> bool:
+        """Record a problem for the Home tab; True only the first time (so it is logged once)."""
+        async with self._begin() as conn:
+            return await self._put_problem(conn, key, text, _ts(now))
+
+    async def clear_problem(self, key: str) -> bool:
+        """Forget a problem that went away; True if there was one."""
+        async with self._begin() as conn:
+            done = await conn.execute(problems.delete().where(problems.c.key == key))
+        return bool(done.rowcount)
+
+    async def problems(self) -> list[str]:
+        """What the Home tab lists under Problems, oldest first."""
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(problems.c.text).order_by(problems.c.since, problems.c.key)
+            )
+            return [str(r[0]) for r in rows]
+
+    # -- housekeeping -------------------------------------------------------------------------
+
+    async def prune(self, *, before: datetime) -> int:
+        """Drop sent outbox rows, and notices whose tasks all ended, older than `before`."""
+        cut = _ts(before)
+        async with self._begin() as conn:
+            old = sa.select(notices.c.id).where(
+                notices.c.created_at < cut,
+                ~notices.c.id.in_(
+                    sa.select(alerts.c.notice_id).where(
+                        sa.or_(alerts.c.finished_at.is_(None), alerts.c.finished_at >= cut)
+                    )
+                ),
+                ~notices.c.id.in_(sa.select(outbox.c.notice_id).where(outbox.c.state == _PENDING)),
+            )
+            ids = [int(r[0]) for r in await conn.execute(old)]
+            for chunk in _chunks(ids):
+                await conn.execute(alerts.delete().where(alerts.c.notice_id.in_(chunk)))
+                await conn.execute(outbox.delete().where(outbox.c.notice_id.in_(chunk)))
+                await conn.execute(notices.delete().where(notices.c.id.in_(chunk)))
+            await conn.execute(
+                outbox.delete().where(outbox.c.state != _PENDING, outbox.c.created_at < cut)
+            )
+        return len(ids)
+
+    # -- internals ----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        async with self._engine.begin() as conn:
+            yield conn
+
+    def _insert(self, table: sa.Table) -> Any:
+        dialect = postgresql if self._postgres else sqlite
+        return dialect.insert(table)
+
+    async def _insert_notice(
+        self, conn: AsyncConnection, kind: str, channel: str, at: float
+    ) -> int:
+        result = await conn.execute(
+            notices.insert()
+            .values(kind=kind, channel=channel, created_at=at)
+            .returning(notices.c.id)
+        )
+        return int(result.scalar_one())
+
+    async def _enqueue(
+        self,
+        conn: AsyncConnection,
+        notice_id: int,
+        kind: str,
+        body: Mapping[str, Any] | None,
+        at: float,
+    ) -> None:
+        await conn.execute(
+            outbox.insert().values(
+                notice_id=notice_id,
+                kind=kind,
+                body=None if body is None else json.dumps(body, ensure_ascii=False),
+                state=_PENDING,
+                created_at=at,
+                due_at=at,
+                attempts=0,
+            )
+        )
+
+    async def _enqueue_update(self, conn: AsyncConnection, notice_id: int, at: float) -> None:
+        # One waiting update is enough: it renders the notice from the state at send time. A
+        # claimed one may have rendered already, so it does not count.
+        waiting = await conn.execute(
+            sa.select(outbox.c.id).where(
+                outbox.c.notice_id == notice_id,
+                outbox.c.kind == UPDATE,
+                outbox.c.state == _PENDING,
+                outbox.c.claimed_by.is_(None),
+            )
+        )
+        if waiting.first() is None:
+            await self._enqueue(conn, notice_id, UPDATE, None, at)
+
+    async def _touched(
+        self, conn: AsyncConnection, notice_id: int, at: float
+    ) -> NoticeState | None:
+        state = await self._notice_state(conn, notice_id)
+        if state is not None and state.notice.kind == NOTICE_STALE:
+            await self._enqueue_update(conn, notice_id, at)
+        return state
+
+    async def _notice_state(self, conn: AsyncConnection, notice_id: int) -> NoticeState | None:
+        row = (await conn.execute(sa.select(notices).where(notices.c.id == notice_id))).first()
+        if row is None:
+            return None
+        rows = await conn.execute(sa.select(alerts).where(alerts.c.notice_id == notice_id))
+        return NoticeState(_notice(row._mapping), tuple(_alert(r._mapping) for r in rows))
+
+    async def _notices_of(self, conn: AsyncConnection, task_ids: set[str]) -> list[int]:
+        found: set[int] = set()
+        for chunk in _chunks(sorted(task_ids)):
+            rows = await conn.execute(
+                sa.select(alerts.c.notice_id).where(alerts.c.task_id.in_(chunk)).distinct()
+            )
+            found.update(int(r[0]) for r in rows)
+        return sorted(found)
+
+    async def _watch(self, conn: AsyncConnection) -> WatchState:
+        row = (await conn.execute(sa.select(watch).where(watch.c.id == _WATCH_ID))).first()
+        if row is None:
+            return WatchState()
+        m = row._mapping
+        return WatchState(
+            failures=int(m["failures"]),
+            failing_since=_dt_or_none(m["failing_since"]),
+            last_error=m["last_error"],
+            impaired=bool(m["impaired"]),
+            last_ok_at=_dt_or_none(m["last_ok_at"]),
+        )
+
+    async def _put_problem(self, conn: AsyncConnection, key: str, text: str, at: float) -> bool:
+        insert = self._insert(problems).values(key=key, text=text, since=at)
+        added = await conn.execute(
+            insert.on_conflict_do_nothing(index_elements=[problems.c.key]).returning(problems.c.key)
+        )
+        if added.first() is not None:
+            return True
+        await conn.execute(problems.update().where(problems.c.key == key).values(text=text))
+        return False
+
+
+class _Lost(Exception):
+    """Another replica changed a row first; raised inside a transaction to roll it back."""
+
+
+def _serialise_sqlite(engine: AsyncEngine) -> None:
+    """BEGIN IMMEDIATE for every transaction: SQLite then serialises writers up front.
+
+    pysqlite's default deferred BEGIN lets two connections read, and then the second to write
+    fails with "database is locked" at once instead of waiting (SQLAlchemy docs, "Serializable
+    isolation / Savepoints / Transactional DDL" for pysqlite and aiosqlite).
+    """
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _chunks(items: Sequence[str] | Sequence[int]) -> Iterable[list[Any]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield list(items[start : start + _IN_CHUNK])
+
+
+def _ts(moment: datetime) -> float:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _ts_or_none(moment: datetime | None) -> float | None:
+    return None if moment is None else _ts(moment)
+
+
+def _dt(value: float) -> datetime:
+    return datetime.fromtimestamp(float(value), tz=UTC)
+
+
+def _dt_or_none(value: float | None) -> datetime | None:
+    return None if value is None else _dt(value)
+
+
+def _alert(m: RowMapping) -> Alert:
+    return Alert(
+        task_id=str(m["task_id"]),
+        notice_id=int(m["notice_id"]),
+        server_name=str(m["server_name"]),
+        server_id=str(m["server_id"]),
+        keypair_name=str(m["keypair_name"]),
+        operate_type=str(m["operate_type"]),
+        started_at=_dt_or_none(m["started_at"]),
+        announced_at=_dt(m["announced_at"]),
+        finished_at=_dt_or_none(m["finished_at"]),
+        outcome=m["outcome"],
+        error_code=m["error_code"],
+        error_msg=m["error_msg"],
+        missing_since=_dt_or_none(m["missing_since"]),
+    )
+
+
+def _notice(m: RowMapping) -> Notice:
+    return Notice(
+        id=int(m["id"]),
+        kind=str(m["kind"]),
+        channel=str(m["channel"]),
+        ts=m["ts"],
+        created_at=_dt(m["created_at"]),
+        posted_at=_dt_or_none(m["posted_at"]),
+        acked_by=m["acked_by"],
+        acked_at=_dt_or_none(m["acked_at"]),
+        snoozed_by=m["snoozed_by"],
+        snoozed_until=_dt_or_none(m["snoozed_until"]),
+        reminded_at=_dt_or_none(m["reminded_at"]),
+    )

@@ -1,0 +1,280 @@
+"""The demo without a browser: it starts, serves the page, and signs what it sends the bot."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from bot.__main__ import wants_demo
+from bot.demo import Demo, DemoOptions, demo_tasks, pick_port
+from bot.fakeslack import Call
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+async def demo() -> AsyncIterator[Demo]:
+    """The demo on free ports (its watcher posts a notice to #kps-alerts at once)."""
+    options = DemoOptions(port=0, bot_port=0, sim_port=0, seed=3, poll_interval=3600.0)
+    async with Demo(options) as running:
+        yield running
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> dict[str, Any]:
+    async with http.post(url, json=body) as answer:
+        data: dict[str, Any] = await answer.json()
+        assert answer.status == 200, data
+        return data
+
+
+def test_the_demo_runs_only_when_nothing_is_configured() -> None:
+    assert wants_demo({"PATH": "/bin", "HOME": "/root", "LOG_LEVEL": "DEBUG"}, dotenv_present=False)
+    assert not wants_demo({}, dotenv_present=True)
+    assert not wants_demo({"SLACK_BOT_TOKEN": "xoxb-1"}, dotenv_present=False)
+    assert not wants_demo({"HUAWEICLOUD_REGION": "cn-north-4"}, dotenv_present=False)
+    assert not wants_demo({"KPS_AUTH_TOKEN": "t"}, dotenv_present=False)
+
+
+def test_demo_tasks_are_a_few_dozen_with_stale_ones_and_every_operation() -> None:
+    now = time.time()
+    tasks = demo_tasks(now=now, rng=random.Random(1))
+    stale = [
+        t for t in tasks if t.task_time_ms is not None and now * 1000 - t.task_time_ms > 30 * 60_000
+    ]
+    operations = {t.operate_type.partition("_")[2] for t in tasks}
+    assert 30 <= len(tasks) <= 50
+    assert 5 <= len(stale) <= 10
+    assert operations == {"RESET", "REPLACE", "UNBIND", "BIND"}
+    assert any(t.status.startswith("READY_") for t in tasks)
+    assert len({t.task_id for t in tasks}) == len(tasks)
+
+
+def test_a_taken_port_falls_back_to_a_free_one() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        chosen = pick_port("127.0.0.1", port)
+    assert chosen not in (port, 0)
+    assert pick_port("127.0.0.1", chosen) == chosen  # free now: kept
+
+
+async def test_the_page_and_its_files_are_served(demo: Demo, http: aiohttp.ClientSession) -> None:
+    async with http.get(demo.url) as page:
+        html = await page.text()
+        policy = page.headers["Content-Security-Policy"]
+    assert page.status == 200
+    assert "<title>kps-bot playground</title>" in html
+    assert "script-src 'self'" in policy
+    for name, kind in (("app.js", "javascript"), ("render.js", "javascript"), ("style.css", "css")):
+        async with http.get(f"{demo.slack.url}/playground/static/{name}") as answer:
+            assert answer.status == 200
+            assert kind in answer.headers["Content-Type"]
+            assert len(await answer.read()) > 1000
+    async with http.get(f"{demo.slack.url}/playground/static/..%2Fdemo.py") as answer:
+        assert answer.status == 404
+
+
+async def test_a_kps_command_from_the_playground_is_signed_and_answered(
+    demo: Demo, http: aiohttp.ClientSession
+) -> None:
+    total = len(demo.sim.running())
+    sent = await post(
+        http, f"{demo.slack.url}/playground/send", {"channel": "C0GENERAL", "text": "/kps"}
+    )
+    calls = await demo.slack.wait_for(
+        "response_url", where=lambda c: f"1–10 of {total}" in json.dumps(c.args, ensure_ascii=False)
+    )
+
+    assert sent == {"ok": True, "status": 200}  # the bot accepted the signature
+    assert calls[0].args["response_type"] == "ephemeral"
+    assert demo.playground is not None
+    shown = [m for m in demo.playground.timeline.messages.values() if m["ephemeral"]]
+    assert len(shown) == 1
+    assert shown[0]["channel"] == "C0GENERAL"
+    assert shown[0]["command"] == "/kps"
+    assert shown[0]["blocks"] == calls[0].args["blocks"]
+
+
+async def test_next_replaces_the_page_it_was_clicked_on(
+    demo: Demo, http: aiohttp.ClientSession
+) -> None:
+    assert demo.playground is not None
+    timeline = demo.playground.timeline
+    await post(http, f"{demo.slack.url}/playground/send", {"channel": "C0GENERAL", "text": "/kps"})
+    await demo.slack.wait_for("response_url")
+    [page] = [m for m in timeline.messages.values() if m["ephemeral"]]
+    block, element = locate(page["blocks"], "Next →")
+
+    await post(
+        http,
+        f"{demo.slack.url}/playground/click",
+        {"message_id": page["id"], "block": block, "element": element},
+    )
+    await demo.slack.wait_for("response_url", 2)
+
+    assert [m["id"] for m in timeline.messages.values() if m["ephemeral"]] == [page["id"]]
+    assert "11–20 of" in json.dumps(timeline.messages[page["id"]]["blocks"], ensure_ascii=False)
+
+
+async def test_a_mention_posts_the_message_and_the_bot_answers_in_its_thread(
+    demo: Demo, http: aiohttp.ClientSession
+) -> None:
+    body = {"channel": "C0GENERAL", "text": "@kps-bot tasks web & <co>"}
+    await post(http, f"{demo.slack.url}/playground/send", body)
+    [reply] = await demo.slack.wait_for("chat.postMessage", where=in_general)
+
+    [mine] = demo.slack.messages["C0GENERAL"][:1]
+    assert mine["user"] == "U0DEMO"
+    assert mine["text"] == "<@U0BOT> tasks web &amp; &lt;co&gt;"  # as Slack escapes typed text
+    assert reply.args["thread_ts"] == mine["ts"]
+    assert demo.slack.thread("C0GENERAL", mine["ts"])[0]["text"] == reply.args["text"]
+
+
+async def test_the_home_tab_and_its_button(demo: Demo, http: aiohttp.ClientSession) -> None:
+    assert demo.playground is not None
+    await post(http, f"{demo.slack.url}/playground/home", {})
+    [published] = await demo.slack.wait_for("views.publish")
+    view = demo.playground.timeline.views["U0DEMO"]
+    block, element = locate(view["blocks"], "List running tasks")
+
+    await post(
+        http,
+        f"{demo.slack.url}/playground/click",
+        {"view_user": "U0DEMO", "block": block, "element": element},
+    )
+    [dm] = await demo.slack.wait_for(
+        "chat.postMessage", where=lambda c: c.args["channel"] == "U0DEMO"
+    )
+
+    assert published.args["user_id"] == "U0DEMO"
+    assert dm.result is not None and dm.result["channel"].startswith("D")
+    assert dm.result["channel"] == demo.playground.page_config()["dm"]
+
+
+async def test_the_control_panel_drives_the_simulator(
+    demo: Demo, http: aiohttp.ClientSession
+) -> None:
+    base = f"{demo.slack.url}/playground/sim"
+    added = (await post(http, f"{base}/add", {"operate_type": "RUNNING_BIND"}))["task"]
+    task = demo.sim.find_task(added["task_id"])
+    assert task is not None and task.status == "RUNNING_BIND"
+
+    await post(http, f"{base}/age", {"task_id": task.task_id})
+    assert task.task_time_ms is not None
+    assert 30 * 60_000 < time.time() * 1000 - task.task_time_ms < 33 * 60_000
+
+    await post(http, f"{base}/finish", {"task_id": task.task_id, "failed": True})
+    assert task.status == "FAILED_BIND" and task.error_code
+
+    await post(http, f"{base}/kps", {"mode": "failing"})
+    await post(http, f"{demo.slack.url}/playground/send", {"channel": "C0GENERAL", "text": "/kps"})
+    [failure] = await demo.slack.wait_for("response_url", timeout=20)
+    assert "503" in json.dumps(failure.args)
+
+    await post(http, f"{base}/kps", {"mode": "slow"})
+    assert demo.sim.latency > 0
+    await post(http, f"{base}/kps", {"mode": "healthy"})
+    async with http.get(f"{base}/tasks") as answer:
+        listed = await answer.json()
+    assert listed["stats"]["faults_pending"] == 0 and listed["stats"]["latency"] == 0
+    assert any(t["task_id"] == task.task_id for t in listed["tasks"])
+
+
+async def test_the_event_stream_starts_with_a_snapshot_and_follows_changes(
+    demo: Demo, http: aiohttp.ClientSession
+) -> None:
+    async with http.get(f"{demo.slack.url}/playground/events") as stream:
+        first = await next_event(stream)
+        await post(
+            http, f"{demo.slack.url}/playground/send", {"channel": "C0GENERAL", "text": "/kps"}
+        )
+        kinds = []
+        while "message" not in kinds:
+            kinds.append((await next_event(stream))["type"])
+
+    assert first["type"] == "snapshot"
+    assert first["config"]["stale_channel"] == "C0ALERTS"
+    assert kinds[-1] == "message" and "call" in kinds  # the log entry, then the message
+
+
+async def test_only_json_is_accepted_and_unknown_commands_are_refused(
+    demo: Demo, http: aiohttp.ClientSession
+) -> None:
+    form = {"channel": "C0GENERAL", "text": "/kps"}
+    async with http.post(f"{demo.slack.url}/playground/send", data=form) as answer:
+        assert answer.status == 415
+    body = {"channel": "C0GENERAL", "text": "/deploy prod"}
+    async with http.post(f"{demo.slack.url}/playground/send", json=body) as answer:
+        assert answer.status == 400
+        assert "/deploy is not a command here" in (await answer.json())["error"]
+    assert demo.slack.calls_to("response_url") == []
+
+
+async def test_python_m_bot_with_nothing_configured_starts_the_demo(tmp_path: Path) -> None:
+    # Only the basics of an environment: no Slack, KPS or Huawei Cloud variables, no .env.
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    env["PYTHONPATH"] = str(ROOT)
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", cwd=tmp_path, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        lines = []
+        async with asyncio.timeout(30):
+            while not any("Open the playground" in line for line in lines):
+                line = (await process.stdout.readline()).decode()
+                assert line, f"the demo stopped: {lines}"
+                lines.append(line)
+        url = next(line for line in lines if "Open the playground" in line).split()[-1]
+        async with aiohttp.ClientSession() as http, http.get(url) as page:
+            assert page.status == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        code = await asyncio.wait_for(process.wait(), 30)
+    rest = (await process.stdout.read()).decode()
+    assert "No .env and no Slack or Huawei Cloud settings found" in lines[0]
+    assert any(".env.example" in line for line in [*lines, rest])
+    assert code == 0
+
+
+def in_general(call: Call) -> bool:
+    return call.args.get("channel") == "C0GENERAL"
+
+
+def locate(blocks: list[dict[str, Any]], label: str) -> tuple[int, int]:
+    """Where the button labelled `label` is: its block's index and its index in that block."""
+    for i, block in enumerate(blocks):
+        for j, element in enumerate(block.get("elements") or []):
+            if element.get("type") == "button" and element["text"]["text"] == label:
+                return i, j
+    raise AssertionError(f"no button {label!r}")
+
+
+async def next_event(stream: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The next `data:` event on a server-sent event stream."""
+    while True:
+        line = (await stream.content.readline()).decode()
+        if line.startswith("data: "):
+            event: dict[str, Any] = json.loads(line[len("data: ") :])
+            return event
