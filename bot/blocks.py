@@ -8,7 +8,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
 from bot.tasks import Task, operation_label
@@ -51,7 +51,8 @@ _USAGE_LINES: Final = (
     "`@kps-bot tasks`: the same list, from a mention in any channel the bot is in",
 )
 
-_Block = dict[str, Any]
+Block = dict[str, Any]
+_Block = Block
 
 # C0/C1 controls, DEL, the Unicode line/paragraph separators and the bidi overrides and isolates
 # (which can make a name render reversed): all break a one-line name, so each becomes a space.
@@ -313,15 +314,15 @@ def _page_blocks(
     shared_by: str | None,
     clips: _Clips,
 ) -> list[_Block]:
-    blocks: list[_Block] = [_header(_page_title(ref.query))]
+    blocks: list[_Block] = [header_block(_page_title(ref.query))]
     if tasks:
         first, last = ref.offset + 1, ref.offset + len(tasks)
-        blocks.append(_section(f"Showing *{first}–{last} of {total}* {_noun(ref.query)}"))
+        blocks.append(section_block(f"Showing *{first}–{last} of {total}* {_noun(ref.query)}"))
     elif total == 0:
-        blocks.append(_section(_empty_words(ref.query)))
+        blocks.append(section_block(_empty_words(ref.query)))
     else:
         blocks.append(
-            _section(
+            section_block(
                 f"Nothing from task {ref.offset + 1} on any more: {total} {_noun(ref.query)}"
                 " in all. Go back a page or refresh."
             )
@@ -329,29 +330,29 @@ def _page_blocks(
     where = _where_and_when(ctx, "Fetched", ctx.fetched_at)
     if any(_is_stale(task.started_at, ctx) for task in tasks):
         where += f" · stale: running {format_duration(ctx.stale_after)} or longer"
-    blocks.append(_context(where))
+    blocks.append(context_block(where))
     if total == 0 and ref.query:
         blocks.append(
-            _context(
+            context_block(
                 "Filter words match server and key pair names. Try fewer words, or `/kps tasks`"
                 " for every running task."
             )
         )
     if shared_by is not None:
-        blocks.append(_context(f"Shared by {_user(shared_by)}"))
+        blocks.append(context_block(f"Shared by {mention(shared_by)}"))
     if tasks:
-        blocks.append(_divider())
+        blocks.append(divider_block())
         for task in tasks:
             blocks.extend(_task_blocks(task, ctx, clips))
-        blocks.append(_divider())
-    blocks.append(_actions(_page_buttons(len(tasks), total, ref, shared_by)))
+        blocks.append(divider_block())
+    blocks.append(actions_block(_page_buttons(len(tasks), total, ref, shared_by)))
     return blocks
 
 
 def _task_blocks(task: Task, ctx: PageContext, clips: _Clips) -> list[_Block]:
-    name = _shown(task.server_name, clips.name) or "(no name)"
-    keypair = _code(task.keypair_name, clips.name)
-    operation = _shown(operation_label(task.operate_type), clips.name) or "unknown operation"
+    name = safe_text(task.server_name, clips.name) or "(no name)"
+    keypair = code_span(task.keypair_name, clips.name)
+    operation = safe_text(operation_label(task.operate_type), clips.name) or "unknown operation"
     if task.started_at is None:
         started = "unknown"
     else:
@@ -359,10 +360,14 @@ def _task_blocks(task: Task, ctx: PageContext, clips: _Clips) -> list[_Block]:
     line = f"{operation} · started {started} · running {format_age(task.started_at, ctx.now)}"
     if _is_stale(task.started_at, ctx):
         line += " · :warning: *stale*"
-    ids = f"Task {_code(task.task_id, clips.ident)} · Server {_code(task.server_id, clips.ident)}"
+    task_id, server_id = (
+        code_span(task.task_id, clips.ident),
+        code_span(task.server_id, clips.ident),
+    )
+    ids = f"Task {task_id} · Server {server_id}"
     if clips.compact:
-        return [_section(f"*{name}* · key pair {keypair}\n{line}\n{ids}")]
-    return [_section(f"*{name}* · key pair {keypair}\n{line}"), _context(ids)]
+        return [section_block(f"*{name}* · key pair {keypair}\n{line}\n{ids}")]
+    return [section_block(f"*{name}* · key pair {keypair}\n{line}"), context_block(ids)]
 
 
 def _page_buttons(shown: int, total: int, ref: PageRef, shared_by: str | None) -> list[_Block]:
@@ -371,13 +376,13 @@ def _page_buttons(shown: int, total: int, ref: PageRef, shared_by: str | None) -
     if ref.offset > 0:
         last_start = (total - 1) // size * size if total else 0
         back = min(max(0, ref.offset - size), last_start)
-        buttons.append(_button("← Previous", ACTION_PREVIOUS, _moved(ref, back)))
+        buttons.append(button("← Previous", ACTION_PREVIOUS, _moved(ref, back)))
     if ref.offset + shown < total and ref.offset + size <= MAX_OFFSET:
-        buttons.append(_button("Next →", ACTION_NEXT, _moved(ref, ref.offset + size)))
+        buttons.append(button("Next →", ACTION_NEXT, _moved(ref, ref.offset + size)))
     here = ref if total else _moved(ref, 0)
-    buttons.append(_button("↻ Refresh", ACTION_REFRESH, here))
+    buttons.append(button("↻ Refresh", ACTION_REFRESH, here))
     if shared_by is None and shown:
-        buttons.append(_button("Share in channel", ACTION_SHARE, ref))
+        buttons.append(button("Share in channel", ACTION_SHARE, ref))
     return buttons
 
 
@@ -429,17 +434,17 @@ def build_error(error: KPSError, *, ref: PageRef | None, action: str) -> Message
     doing = escape(_ACTION_WORDS.get(action, action)).strip() or "list running tasks"
     doing = clip(doing, 100)
     summary = f"Could not {doing}: {_failure_words(error)}"
-    blocks: list[_Block] = [_section(f":warning: {summary}"), *_failure_blocks(error)]
+    blocks: list[_Block] = [section_block(f":warning: {summary}"), *_failure_blocks(error)]
     if ref is not None:
-        blocks.append(_actions([_button("↻ Retry", ACTION_RETRY, ref, primary=True)]))
+        blocks.append(actions_block([button("↻ Retry", ACTION_RETRY, ref, primary=True)]))
     text = clip(f"Could not {doing}: {_failure_line(error)}", _FALLBACK_TEXT)
     return Message(text=text, blocks=tuple(blocks))
 
 
 def _failure_blocks(error: KPSError) -> list[_Block]:
     details = _failure_details(error)
-    blocks = [_section(details)] if details else []
-    return [*blocks, _context(_failure_hint(error))]
+    blocks = [section_block(details)] if details else []
+    return [*blocks, context_block(_failure_hint(error))]
 
 
 def build_help() -> Message:
@@ -449,7 +454,7 @@ def build_help() -> Message:
 
 def build_usage_error(text: str) -> Message:
     """An unknown command, quoted back safely, followed by the usage."""
-    quoted = _code(text, 200) if text.strip() else "that"
+    quoted = code_span(text, 200) if text.strip() else "that"
     blocks = _usage_blocks(f"I don't know {quoted}. This is what I understand:")
     return Message(
         text=clip(f"I don't know {quoted}. Try /kps help", _FALLBACK_TEXT), blocks=tuple(blocks)
@@ -461,15 +466,15 @@ def build_notice(text: str) -> Message:
     words = clip(escape(text).strip(), _SECTION_TEXT)
     if not words:
         raise ValueError("a notice needs some words")
-    return Message(text=clip(words, _FALLBACK_TEXT), blocks=(_section(words),))
+    return Message(text=clip(words, _FALLBACK_TEXT), blocks=(section_block(words),))
 
 
 def _usage_blocks(intro: str) -> list[_Block]:
     lines = "\n".join(f"• {line}" for line in _USAGE_LINES)
     return [
-        _section(intro),
-        _section(lines),
-        _context(
+        section_block(intro),
+        section_block(lines),
+        context_block(
             "Pages have Previous, Next and Refresh buttons; Share posts a page to the channel."
         ),
     ]
@@ -483,7 +488,7 @@ def _failure_words(error: KPSError) -> str:
     if isinstance(error, KPSBadResponse):
         return f"KPS sent an answer the bot cannot read (HTTP {error.status})."
     if isinstance(error, KPSAPIError):
-        service = _shown(error.service, 40) or "KPS"
+        service = safe_text(error.service, 40) or "KPS"
         return f"{service} answered HTTP {error.status}{_status_words(error.status)}."
     return "KPS failed."
 
@@ -503,27 +508,27 @@ def _failure_details(error: KPSError) -> str:
     if isinstance(error, KPSAPIError):
         lines = [f"HTTP status: {error.status}"]
         if error.error_code:
-            lines.append(f"Error code: {_code(error.error_code, 200)}")
+            lines.append(f"Error code: {code_span(error.error_code, 200)}")
         if error.error_msg:
-            lines.append(f"Message: {_code(error.error_msg, 1000)}")
+            lines.append(f"Message: {code_span(error.error_msg, 1000)}")
         lines.append(f"Request id: {_request_id(error.request_id)}")
         return "\n".join(lines)
     if isinstance(error, KPSBadResponse):
-        detail = _code(error.detail, 1000)
+        detail = code_span(error.detail, 1000)
         return f"Detail: {detail}\nRequest id: {_request_id(error.request_id)}"
-    return f"Detail: {_code(str(error), 1000)}" if str(error).strip() else ""
+    return f"Detail: {code_span(str(error), 1000)}" if str(error).strip() else ""
 
 
 def _failure_line(error: KPSError) -> str:
     # Mobile notifications show only the fallback text, so it names KPS's code and message too.
     if isinstance(error, KPSAPIError) and (error.error_code or error.error_msg):
-        said = _shown(f"{error.error_code[:200]} {error.error_msg[:200]}", 200)
+        said = safe_text(f"{error.error_code[:200]} {error.error_msg[:200]}", 200)
         return f"{_failure_words(error)} {said}"
     return _failure_words(error)
 
 
 def _request_id(request_id: str | None) -> str:
-    return _code(request_id, 200) if request_id else "none sent"
+    return code_span(request_id, 200) if request_id else "none sent"
 
 
 def _failure_hint(error: KPSError) -> str:
@@ -561,21 +566,21 @@ def _failure_hint(error: KPSError) -> str:
 
 def build_home(summary: HomeSummary, ctx: PageContext, *, page_size: int = 10) -> dict[str, Any]:
     """The Home tab view: how many tasks run and are stale, the oldest one, problems, a button."""
-    blocks: list[_Block] = [_header("Key-pair tasks")]
+    blocks: list[_Block] = [header_block("Key-pair tasks")]
     if summary.error is not None:
         words = _failure_words(summary.error)
-        blocks.append(_section(f":warning: Could not read running tasks: {words}"))
+        blocks.append(section_block(f":warning: Could not read running tasks: {words}"))
         blocks.extend(_failure_blocks(summary.error))
     else:
-        blocks.append(_section(_home_counts(summary, ctx)))
+        blocks.append(section_block(_home_counts(summary, ctx)))
         if summary.oldest is not None:
-            blocks.append(_section(_home_oldest(summary.oldest, ctx)))
+            blocks.append(section_block(_home_oldest(summary.oldest, ctx)))
     if summary.fetched_at is not None:
-        blocks.append(_context(_where_and_when(ctx, "Updated", summary.fetched_at)))
+        blocks.append(context_block(_where_and_when(ctx, "Updated", summary.fetched_at)))
     if summary.problems:
-        blocks.append(_section(_home_problems(summary.problems)))
+        blocks.append(section_block(_home_problems(summary.problems)))
     first = PageRef(offset=0, page_size=page_size)
-    blocks.append(_actions([_button("List running tasks", ACTION_LIST, first, primary=True)]))
+    blocks.append(actions_block([button("List running tasks", ACTION_LIST, first, primary=True)]))
     return {"type": "home", "blocks": blocks}
 
 
@@ -591,16 +596,15 @@ def _home_counts(summary: HomeSummary, ctx: PageContext) -> str:
 
 
 def _home_oldest(task: Task, ctx: PageContext) -> str:
-    name = _shown(task.server_name, 150) or "(no name)"
-    operation = _shown(operation_label(task.operate_type), 80) or "unknown operation"
+    name = safe_text(task.server_name, 150) or "(no name)"
+    operation = safe_text(operation_label(task.operate_type), 80) or "unknown operation"
     age = format_age(task.started_at, ctx.now)
-    return (
-        f"Oldest: *{name}* · key pair {_code(task.keypair_name, 150)} · {operation} · running {age}"
-    )
+    keypair = code_span(task.keypair_name, 150)
+    return f"Oldest: *{name}* · key pair {keypair} · {operation} · running {age}"
 
 
 def _home_problems(problems: tuple[str, ...]) -> str:
-    lines = [f"• {_shown(p, 250) or '(no details)'}" for p in problems[:_PROBLEMS_SHOWN]]
+    lines = [f"• {safe_text(p, 250) or '(no details)'}" for p in problems[:_PROBLEMS_SHOWN]]
     if len(problems) > _PROBLEMS_SHOWN:
         lines.append(f"…and {len(problems) - _PROBLEMS_SHOWN} more")
     return "*Problems*\n" + "\n".join(lines)
@@ -610,29 +614,29 @@ def _home_problems(problems: tuple[str, ...]) -> str:
 
 
 def _where_and_when(ctx: PageContext, verb: str, moment: datetime) -> str:
-    parts = [f"Project {_code(ctx.project_id, 100)}"]
+    parts = [f"Project {code_span(ctx.project_id, 100)}"]
     if ctx.region:
-        parts.append(f"Region {_code(ctx.region, 60)}")
+        parts.append(f"Region {code_span(ctx.region, 60)}")
     parts.append(f"{verb} {format_date(moment)}")
     return " · ".join(parts)
 
 
-def _code(text: str, limit: int) -> str:
+def code_span(text: str, limit: int) -> str:
     # Inside a code span `*` and `_` are shown as they are; a backtick would end the span early,
     # so it becomes U+02CB, which looks the same.
-    inner = _shown(text, limit).replace("`", "\u02cb")
+    inner = safe_text(text, limit).replace("`", "\u02cb")
     return f"`{inner}`" if inner else "(empty)"
 
 
-def _shown(text: str, limit: int) -> str:
+def safe_text(text: str, limit: int) -> str:
     # Escaping never shortens text, so the first limit + 1 characters decide what is shown; the
     # rest of a 10,000-character name is never escaped.
     return clip(escape(text.strip()[: limit + 1]), limit).strip()
 
 
-def _user(user_id: str) -> str:
+def mention(user_id: str) -> str:
     # Slack user ids are U… or W…; anything else is shown as text, never as a mention.
-    return f"<@{user_id}>" if _USER_ID.match(user_id) else _shown(user_id, 100) or "someone"
+    return f"<@{user_id}>" if _USER_ID.match(user_id) else safe_text(user_id, 100) or "someone"
 
 
 def _is_stale(started_at: datetime | None, ctx: PageContext) -> bool:
@@ -680,42 +684,49 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return data
 
 
-def _mrkdwn(text: str, limit: int) -> dict[str, Any]:
+def mrkdwn(text: str, limit: int) -> dict[str, Any]:
     # verbatim: Slack must not auto-link URLs or channel names found in KPS strings.
     return {"type": "mrkdwn", "text": clip(text, limit), "verbatim": True}
 
 
-def _plain(text: str, limit: int) -> dict[str, Any]:
+def plain(text: str, limit: int) -> dict[str, Any]:
     return {"type": "plain_text", "text": clip(text, limit), "emoji": True}
 
 
-def _header(text: str) -> _Block:
-    return {"type": "header", "text": _plain(text, _HEADER_TEXT)}
+def header_block(text: str) -> _Block:
+    return {"type": "header", "text": plain(text, _HEADER_TEXT)}
 
 
-def _section(text: str) -> _Block:
-    return {"type": "section", "text": _mrkdwn(text, _SECTION_TEXT)}
+def section_block(text: str) -> _Block:
+    return {"type": "section", "text": mrkdwn(text, _SECTION_TEXT)}
 
 
-def _context(text: str) -> _Block:
-    return {"type": "context", "elements": [_mrkdwn(text, _CONTEXT_TEXT)]}
+def context_block(text: str) -> _Block:
+    return {"type": "context", "elements": [mrkdwn(text, _CONTEXT_TEXT)]}
 
 
-def _divider() -> _Block:
+def divider_block() -> _Block:
     return {"type": "divider"}
 
 
-def _actions(buttons: list[_Block]) -> _Block:
+def actions_block(buttons: list[_Block]) -> _Block:
     return {"type": "actions", "elements": buttons}
 
 
-def _button(label: str, action_id: str, ref: PageRef, *, primary: bool = False) -> _Block:
-    button: _Block = {
+class ButtonValue(Protocol):
+    """Anything a button carries: it writes itself as the button's value."""
+
+    def encode(self) -> str: ...
+
+
+def button(label: str, action_id: str, ref: ButtonValue, *, primary: bool = False) -> Block:
+    """A button whose value is `ref.encode()`, its label clipped to Slack's 75 characters."""
+    element: Block = {
         "type": "button",
-        "text": _plain(label, _BUTTON_TEXT),
+        "text": plain(label, _BUTTON_TEXT),
         "action_id": action_id,
         "value": ref.encode(),
     }
     if primary:
-        button["style"] = "primary"
-    return button
+        element["style"] = "primary"
+    return element

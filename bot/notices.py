@@ -8,7 +8,6 @@ values are built and read by one type, `NoticeRef`.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -18,14 +17,24 @@ from bot.blocks import (
     MESSAGE_MAX_BLOCKS,
     MESSAGE_MAX_CHARS,
     BadButtonValue,
+    Block,
     Message,
+    actions_block,
+    button,
     clip,
+    code_span,
+    context_block,
+    divider_block,
     escape,
     format_age,
     format_date,
     format_duration,
     format_utc,
+    header_block,
+    mention,
     payload_chars,
+    safe_text,
+    section_block,
 )
 from bot.stale import task_order
 from bot.store import Alert, NoticeState, WatchState
@@ -42,17 +51,10 @@ NOTICE_SHOWN: Final = 20  # tasks named in the notice itself; the rest go to its
 LIST_PAGE: Final = 20  # tasks per page of the List button's answer
 _REMINDER_SHOWN: Final = 20
 _REPLY_BLOCKS: Final = MESSAGE_MAX_BLOCKS - 2  # room for a title and a closing line
-_SECTION_TEXT: Final = 3000
-_CONTEXT_TEXT: Final = 2000
-_HEADER_TEXT: Final = 150
-_BUTTON_TEXT: Final = 75
 _BUTTON_VALUE: Final = 2000
 _FALLBACK_TEXT: Final = 400
 _MAX_NOTICE_ID: Final = 2**31 - 1
 _MAX_OFFSET: Final = 10_000_000
-_USER_ID = re.compile(r"^[UW][A-Z0-9]{2,40}$")
-
-_Block = dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +157,7 @@ def build_stale_notice(state: NoticeState, ctx: NoticeContext) -> Message:
         raise ValueError("a stale notice needs at least one task")
     shown = tasks[:NOTICE_SHOWN]
     text = _notice_fallback(tasks, ctx)
-    blocks: list[_Block] = []
+    blocks: list[Block] = []
     for clips in _TIERS:
         blocks = _notice_blocks(state, tasks, shown, ctx, clips)
         if payload_chars({"text": text, "blocks": blocks}) <= MESSAGE_MAX_CHARS:
@@ -169,37 +171,37 @@ def _notice_blocks(
     shown: list[Alert],
     ctx: NoticeContext,
     clips: _Clips,
-) -> list[_Block]:
+) -> list[Block]:
     notice = state.notice
     total = len(tasks)
     running = sum(1 for a in tasks if a.running)
-    blocks: list[_Block] = [_header(_title(total, running))]
-    blocks.append(_section(_summary(tasks, ctx)))
-    blocks.append(_context(_where(ctx, notice.created_at)))
-    blocks.append(_divider())
-    blocks.extend(_section(_task_line(a, ctx, clips)) for a in shown)
+    blocks: list[Block] = [header_block(_title(total, running))]
+    blocks.append(section_block(_summary(tasks, ctx)))
+    blocks.append(context_block(_where(ctx, notice.created_at)))
+    blocks.append(divider_block())
+    blocks.extend(section_block(_task_line(a, ctx, clips)) for a in shown)
     rest = total - len(shown)
     if rest:
         blocks.append(
-            _section(
+            section_block(
                 f"…and *{rest}* more stale {_plural(rest, 'task')}, listed in this thread"
                 " (or use *List all*)."
             )
         )
-    blocks.append(_divider())
+    blocks.append(divider_block())
     status = _status_line(state, ctx, running)
     if status:
-        blocks.append(_context(status))
-    buttons: list[_Block] = []
+        blocks.append(context_block(status))
+    buttons: list[Block] = []
     if running:
         if notice.acked_by is None:
-            buttons.append(_button("Acknowledge", ACTION_ACK, NoticeRef(notice.id), primary=True))
+            buttons.append(button("Acknowledge", ACTION_ACK, NoticeRef(notice.id), primary=True))
         for hours, action in zip(SNOOZE_HOURS, SNOOZE_ACTIONS, strict=True):
-            buttons.append(_button(f"Snooze {hours} h", action, NoticeRef(notice.id, hours=hours)))
+            buttons.append(button(f"Snooze {hours} h", action, NoticeRef(notice.id, hours=hours)))
     if rest:
-        buttons.append(_button(f"List all {total}", ACTION_STALE_LIST, NoticeRef(notice.id)))
+        buttons.append(button(f"List all {total}", ACTION_STALE_LIST, NoticeRef(notice.id)))
     if buttons:
-        blocks.append(_actions(buttons))
+        blocks.append(actions_block(buttons))
     return blocks
 
 
@@ -239,9 +241,9 @@ def _status_line(state: NoticeState, ctx: NoticeContext, running: int) -> str:
     parts = []
     if notice.acked_by is not None:
         when = f" {format_date(notice.acked_at)}" if notice.acked_at else ""
-        parts.append(f":eyes: Acknowledged by {_user(notice.acked_by)}{when}")
+        parts.append(f":eyes: Acknowledged by {mention(notice.acked_by)}{when}")
     if notice.snoozed_until is not None and notice.snoozed_until > ctx.now and running:
-        who = f" by {_user(notice.snoozed_by)}" if notice.snoozed_by else ""
+        who = f" by {mention(notice.snoozed_by)}" if notice.snoozed_by else ""
         parts.append(f":zzz: Reminders snoozed{who} until {format_date(notice.snoozed_until)}")
     elif ctx.renotify_after is not None and running and notice.acked_by is None:
         parts.append(
@@ -253,7 +255,7 @@ def _status_line(state: NoticeState, ctx: NoticeContext, running: int) -> str:
 
 def _notice_fallback(tasks: Sequence[Alert], ctx: NoticeContext) -> str:
     total = len(tasks)
-    names = ", ".join(_shown(a.server_name, 40) or "(no name)" for a in tasks[:5])
+    names = ", ".join(safe_text(a.server_name, 40) or "(no name)" for a in tasks[:5])
     more = f" and {total - 5} more" if total > 5 else ""
     line = (
         f"{total} key-pair {_plural(total, 'task')} running {format_duration(ctx.stale_after)}"
@@ -306,10 +308,10 @@ def build_reminder(state: NoticeState, ctx: NoticeContext) -> Message:
     shown = running[:_REMINDER_SHOWN]
     rest = count - len(shown)
     tail = f"…and {rest} more still running (List all on the notice). {hint}" if rest else hint
-    blocks: list[_Block] = []
+    blocks: list[Block] = []
     for clips in _TIERS:
-        blocks = [_section(title), *(_section(_task_line(a, ctx, clips)) for a in shown)]
-        blocks.append(_context(tail))
+        blocks = [section_block(title), *(section_block(_task_line(a, ctx, clips)) for a in shown)]
+        blocks.append(context_block(tail))
         if payload_chars({"text": fallback, "blocks": blocks}) <= MESSAGE_MAX_CHARS:
             break
     return Message(text=clip(fallback, _FALLBACK_TEXT), blocks=tuple(blocks))
@@ -326,19 +328,19 @@ def build_notice_list(state: NoticeState, ctx: NoticeContext, *, offset: int) ->
         f"Stale tasks {start + 1}–{start + len(page)} of {total}"
         f" from the notice of {format_date(state.notice.created_at)}"
     )
-    buttons: list[_Block] = []
+    buttons: list[Block] = []
     if start > 0:
         back = NoticeRef(notice_id, offset=max(0, start - LIST_PAGE), replace=True)
-        buttons.append(_button("← Previous", ACTION_STALE_LIST, back))
+        buttons.append(button("← Previous", ACTION_STALE_LIST, back))
     if start + len(page) < total:
         ahead = NoticeRef(notice_id, offset=start + LIST_PAGE, replace=True)
-        buttons.append(_button("Next →", ACTION_STALE_LIST, ahead))
+        buttons.append(button("Next →", ACTION_STALE_LIST, ahead))
     text = f"Stale tasks {start + 1}–{start + len(page)} of {total}"
-    blocks: list[_Block] = []
+    blocks: list[Block] = []
     for clips in _TIERS:
-        blocks = [_section(title), *(_section(_task_line(a, ctx, clips)) for a in page)]
+        blocks = [section_block(title), *(section_block(_task_line(a, ctx, clips)) for a in page)]
         if buttons:
-            blocks.append(_actions(buttons))
+            blocks.append(actions_block(buttons))
         if payload_chars({"text": text, "blocks": blocks}) <= MESSAGE_MAX_CHARS:
             break
     return Message(text=text, blocks=tuple(blocks))
@@ -350,13 +352,13 @@ def build_unknown_notice() -> Message:
         "This notice is no longer in the bot's state store (it was pruned, or STATE_URL changed),"
         " so it cannot be changed. `/kps` lists the running tasks."
     )
-    return Message(text=clip(words, _FALLBACK_TEXT), blocks=(_section(words),))
+    return Message(text=clip(words, _FALLBACK_TEXT), blocks=(section_block(words),))
 
 
 def build_notices_off() -> Message:
     """The answer to a notice button on a bot that runs no watcher."""
     words = "Stale-task notices are off on this bot (STALE_CHANNEL_ID is unset)."
-    return Message(text=words, blocks=(_section(words),))
+    return Message(text=words, blocks=(section_block(words),))
 
 
 # --- the watcher's own health ---------------------------------------------------------------------
@@ -365,7 +367,7 @@ def build_notices_off() -> Message:
 def build_impaired(state: WatchState, ctx: NoticeContext, *, poll_interval: float) -> Message:
     """The one notice that watching is impaired: since when, why, and what that means."""
     since = state.failing_since or ctx.now
-    error = _shown(state.last_error or "unknown error", 600) or "unknown error"
+    error = safe_text(state.last_error or "unknown error", 600) or "unknown error"
     lines = (
         f":warning: *Watching for stale key-pair tasks is impaired.* The last {state.failures}"
         f" scans of the running tasks failed (since {format_date(since)}).",
@@ -378,7 +380,10 @@ def build_impaired(state: WatchState, ctx: NoticeContext, *, poll_interval: floa
         f"Watching for stale key-pair tasks is impaired: {state.failures} scans failed",
         _FALLBACK_TEXT,
     )
-    return Message(text=text, blocks=(_section(lines[0]), _section(lines[1]), _context(lines[2])))
+    return Message(
+        text=text,
+        blocks=(section_block(lines[0]), section_block(lines[1]), context_block(lines[2])),
+    )
 
 
 def build_recovered(state: WatchState, ctx: NoticeContext) -> Message:
@@ -390,7 +395,7 @@ def build_recovered(state: WatchState, ctx: NoticeContext) -> Message:
         " Tasks that went stale meanwhile are announced now, and ended ones reported."
     )
     text = f"Watching for stale key-pair tasks works again{took}"
-    return Message(text=text, blocks=(_section(words),))
+    return Message(text=text, blocks=(section_block(words),))
 
 
 def watch_problem(state: WatchState) -> str:
@@ -404,10 +409,10 @@ def watch_problem(state: WatchState) -> str:
 
 
 def _task_line(alert: Alert, ctx: NoticeContext, clips: _Clips) -> str:
-    name = _shown(alert.server_name, clips.name) or "(no name)"
-    keypair = _code(alert.keypair_name, clips.name)
-    operation = _shown(operation_label(alert.operate_type), clips.operation) or "operation"
-    task = _code(alert.task_id, clips.ident)
+    name = safe_text(alert.server_name, clips.name) or "(no name)"
+    keypair = code_span(alert.keypair_name, clips.name)
+    operation = safe_text(operation_label(alert.operate_type), clips.operation) or "operation"
+    task = code_span(alert.task_id, clips.ident)
     if alert.running:
         age = format_age(alert.started_at, ctx.now)
         since = ""
@@ -426,8 +431,8 @@ def _ending_words(alert: Alert, clips: _Clips) -> tuple[str, str]:
     outcome = alert.outcome
     if outcome is None:
         return ":black_square_for_stop:", f"no longer running (outcome unknown) · ran {ran}"
-    label = _shown(status_label(outcome), clips.operation) or "ended"
-    raw = _code(outcome, clips.ident)
+    label = safe_text(status_label(outcome), clips.operation) or "ended"
+    raw = code_span(outcome, clips.ident)
     phase = _phase(alert)
     if phase == "SUCCESS":
         return ":white_check_mark:", f"{label} ({raw}) after {ran}"
@@ -435,7 +440,7 @@ def _ending_words(alert: Alert, clips: _Clips) -> tuple[str, str]:
         reason = ""
         said = " ".join(p for p in (alert.error_code, alert.error_msg) if p)
         if said:
-            reason = f": {_code(said, clips.error)}"
+            reason = f": {code_span(said, clips.error)}"
         return ":x:", f"*{label}* ({raw}){reason} after {ran}"
     return ":grey_question:", f"ended as {raw} after {ran}"
 
@@ -459,10 +464,10 @@ def _phase(alert: Alert) -> str | None:
 def _ending_fallback(tasks: Sequence[Alert]) -> str:
     if len(tasks) == 1:
         alert = tasks[0]
-        name = _shown(alert.server_name, 60) or "(no name)"
+        name = safe_text(alert.server_name, 60) or "(no name)"
         if alert.outcome is None:
             return clip(f"{name}: no longer running", _FALLBACK_TEXT)
-        return clip(f"{name}: {_shown(status_label(alert.outcome), 80)}", _FALLBACK_TEXT)
+        return clip(f"{name}: {safe_text(status_label(alert.outcome), 80)}", _FALLBACK_TEXT)
     return f"{len(tasks)} stale key-pair tasks have ended"
 
 
@@ -481,11 +486,11 @@ def _pack(
         return []
     text = clip(escape(fallback), _FALLBACK_TEXT)
     clips = _TIERS[0]
-    lines = [_section(_task_line(a, ctx, clips)) for a in tasks]
+    lines = [section_block(_task_line(a, ctx, clips)) for a in tasks]
     # A title costs at most this much: one section of up to ~200 characters.
     budget = MESSAGE_MAX_CHARS - payload_chars({"text": text, "blocks": []}) - 400
-    groups: list[list[_Block]] = []
-    current: list[_Block] = []
+    groups: list[list[Block]] = []
+    current: list[Block] = []
     size = 0
     for block in lines:
         cost = len(json.dumps(block, ensure_ascii=False)) + 2
@@ -499,7 +504,7 @@ def _pack(
     first = 1
     for group in groups:
         last = first + len(group) - 1
-        blocks = [_section(f"*{title(first, last)}*"), *group]
+        blocks = [section_block(f"*{title(first, last)}*"), *group]
         messages.append(Message(text=text, blocks=tuple(blocks)))
         first = last + 1
     return messages
@@ -509,9 +514,9 @@ def _pack(
 
 
 def _where(ctx: NoticeContext, created_at: datetime) -> str:
-    parts = [f"Project {_code(ctx.project_id, 100)}"]
+    parts = [f"Project {code_span(ctx.project_id, 100)}"]
     if ctx.region:
-        parts.append(f"Region {_code(ctx.region, 60)}")
+        parts.append(f"Region {code_span(ctx.region, 60)}")
     parts.append(f"Noticed {format_date(created_at)}")
     return " · ".join(parts)
 
@@ -524,57 +529,3 @@ def _seconds(seconds: float) -> str:
     if seconds >= 60 and seconds % 60 == 0:
         return format_duration(timedelta(seconds=seconds))
     return f"{seconds:g} s"
-
-
-def _shown(text: str, limit: int) -> str:
-    # Escaping never shortens text, so only the first limit + 1 characters can be shown.
-    return clip(escape(text.strip()[: limit + 1]), limit).strip()
-
-
-def _code(text: str, limit: int) -> str:
-    # A backtick would end the code span early; U+02CB looks the same.
-    inner = _shown(text, limit).replace("`", "\u02cb")
-    return f"`{inner}`" if inner else "(empty)"
-
-
-def _user(user_id: str) -> str:
-    # Slack user ids are U… or W…; anything else is shown as text, never as a mention.
-    return f"<@{user_id}>" if _USER_ID.match(user_id) else _shown(user_id, 60) or "someone"
-
-
-def _mrkdwn(text: str, limit: int) -> dict[str, Any]:
-    # verbatim: Slack must not auto-link URLs or channel names found in KPS strings.
-    return {"type": "mrkdwn", "text": clip(text, limit), "verbatim": True}
-
-
-def _header(text: str) -> _Block:
-    text_object = {"type": "plain_text", "text": clip(text, _HEADER_TEXT), "emoji": True}
-    return {"type": "header", "text": text_object}
-
-
-def _section(text: str) -> _Block:
-    return {"type": "section", "text": _mrkdwn(text, _SECTION_TEXT)}
-
-
-def _context(text: str) -> _Block:
-    return {"type": "context", "elements": [_mrkdwn(text, _CONTEXT_TEXT)]}
-
-
-def _divider() -> _Block:
-    return {"type": "divider"}
-
-
-def _actions(buttons: list[_Block]) -> _Block:
-    return {"type": "actions", "elements": buttons}
-
-
-def _button(label: str, action_id: str, ref: NoticeRef, *, primary: bool = False) -> _Block:
-    button: _Block = {
-        "type": "button",
-        "text": {"type": "plain_text", "text": clip(label, _BUTTON_TEXT), "emoji": True},
-        "action_id": action_id,
-        "value": ref.encode(),
-    }
-    if primary:
-        button["style"] = "primary"
-    return button
