@@ -124,8 +124,7 @@ class Demo:
         options = self.options
         # The simulator and the bot are only the playground's business: loopback whatever --host.
         await self.sim.start("127.0.0.1", pick_port("127.0.0.1", options.sim_port))
-        # serve() listens on every interface, so the bot's port is checked there.
-        bot_port = pick_port("0.0.0.0", options.bot_port)
+        bot_port = pick_port("127.0.0.1", options.bot_port)
         self._state_dir = Path(tempfile.mkdtemp(prefix="kps-demo-"))
         settings = Settings(
             slack_bot_token=Secret(self.slack.bot_token),
@@ -158,7 +157,9 @@ class Demo:
         )
         await self.slack.start(options.host, pick_port(options.host, options.port))
         self.settings = replace(settings, slack_api_url=self.slack.api_url)
-        self._bot = asyncio.create_task(serve(self.settings, stop=self._stop, handle_signals=False))
+        self._bot = asyncio.create_task(
+            serve(self.settings, stop=self._stop, handle_signals=False, host="127.0.0.1")
+        )
         await self._wait_for_bot()
 
     async def _wait_for_bot(self) -> None:

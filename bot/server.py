@@ -39,9 +39,17 @@ def build_web_app(runtime: Runtime, stopping: asyncio.Event) -> web.Application:
 
 
 async def serve(
-    settings: Settings, *, stop: asyncio.Event | None = None, handle_signals: bool = True
+    settings: Settings,
+    *,
+    stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
+    host: str = "0.0.0.0",
 ) -> int:
-    """Run until `stop` is set (SIGTERM and SIGINT set it); 0 after a clean shutdown."""
+    """Run until `stop` is set (SIGTERM and SIGINT set it); 0 after a clean shutdown.
+
+    HTTP mode listens on `host` (every interface, as a platform's router expects; the demo
+    passes loopback).
+    """
     stop = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()
@@ -61,7 +69,7 @@ async def serve(
         if settings.socket_mode:
             await _serve_socket(runtime, stop)
         else:
-            await _serve_http(runtime, stop)
+            await _serve_http(runtime, stop, host)
     finally:
         await runtime.aclose()
     log.info("stopped cleanly")
@@ -80,11 +88,11 @@ async def _serve_socket(runtime: Runtime, stop: asyncio.Event) -> None:
     await _drain(runtime)
 
 
-async def _serve_http(runtime: Runtime, stop: asyncio.Event) -> None:
+async def _serve_http(runtime: Runtime, stop: asyncio.Event, host: str) -> None:
     web_app = build_web_app(runtime, stop)
     runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, "0.0.0.0", runtime.settings.port)
+    site = web.TCPSite(runner, host, runtime.settings.port)
     await site.start()
     log.info("listening", extra={"port": runtime.settings.port, "path": SLACK_PATH})
     await stop.wait()
