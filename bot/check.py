@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TextIO
 
 import aiohttp
@@ -29,6 +30,8 @@ async def run_check(settings: Settings, out: TextIO) -> int:
         findings = [Finding(True, "settings are complete and well formed")]
         findings.append(await check_kps(runtime))
         findings.extend(await check_slack(runtime))
+        if runtime.store is not None:
+            findings.append(await check_store(runtime))
     finally:
         await runtime.aclose()
     for finding in findings:
@@ -135,3 +138,19 @@ async def check_slack(runtime: Runtime) -> list[Finding]:
             Finding(False, f"#{name} is private and the bot is not in it: /invite @kps-bot there")
         )
     return findings
+
+
+async def check_store(runtime: Runtime) -> Finding:
+    """Open the alert-state store, create or migrate its schema, and name the watching replica."""
+    store = runtime.store
+    assert store is not None
+    try:
+        await store.migrate()
+        holder = await store.lease_holder(now=datetime.now(UTC))
+    except Exception as error:  # any driver's failure: reported in words, never raised
+        text = f"{type(error).__name__}: {error}"[:300]
+        for secret in runtime.settings.secret_values():
+            text = text.replace(secret, "[redacted]")
+        return Finding(False, f"alert state store (STATE_URL) cannot be used: {text}")
+    who = f"replica {holder} is watching" if holder else "no replica is watching right now"
+    return Finding(True, f"alert state store ({store.backend}) is ready; {who}")

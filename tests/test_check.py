@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from bot.check import run_check
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, TokenAuthSettings
@@ -20,12 +21,23 @@ async def report(settings: object) -> tuple[int, str]:
     return status, out.getvalue()
 
 
-async def test_all_well(sim: Simulator, slack: FakeSlack) -> None:
-    status, text = await report(make_settings(sim, slack, stale_channel_id="C0ALERTS"))
+async def test_all_well(sim: Simulator, slack: FakeSlack, tmp_path: Path) -> None:
+    state = Secret(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    settings = make_settings(sim, slack, stale_channel_id="C0ALERTS", state_url=state)
+    status, text = await report(settings)
     assert status == 0, text
     assert "37 running task(s)" in text
     assert "@kps-bot in workspace Test Workspace" in text
     assert "#kps-alerts" in text and "All checks passed." in text
+    assert "alert state store (sqlite) is ready" in text
+
+
+async def test_unusable_state_store(sim: Simulator, slack: FakeSlack, tmp_path: Path) -> None:
+    state = Secret(f"sqlite+aiosqlite:///{tmp_path / 'no-such-dir' / 'state.db'}")
+    settings = make_settings(sim, slack, stale_channel_id="C0ALERTS", state_url=state)
+    status, text = await report(settings)
+    assert status == 1
+    assert "alert state store (STATE_URL) cannot be used" in text
 
 
 async def test_unreachable_endpoint(sim: Simulator, slack: FakeSlack) -> None:
