@@ -244,12 +244,17 @@ def _retry_after(headers: httpx.Headers) -> float | None:
     if value is None:
         return None
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value) if value else None
+        except (TypeError, ValueError):  # neither seconds nor an HTTP date: ignore the header
+            return None
         if parsed is None or parsed.tzinfo is None:
             return None
-        return max((parsed - datetime.now(UTC)).total_seconds(), 0.0)
+        seconds = (parsed - datetime.now(UTC)).total_seconds()
+    # "nan" parses as a float, and asyncio.sleep(nan) returns at once: use the backoff instead.
+    return None if math.isnan(seconds) else max(seconds, 0.0)
 
 
 def _json(response: httpx.Response) -> Any:

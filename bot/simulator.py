@@ -548,6 +548,9 @@ class Simulator:
         self.clock = clock
         self.requests: list[RecordedRequest] = []
         self.after_request: Callable[[RecordedRequest], None] | None = None
+        # Asked on each KPS request that no queued fault matched; a Fault it returns is applied
+        # to that request (the fault soak draws faults at random this way).
+        self.pick_fault: Callable[[RecordedRequest], Fault | None] | None = None
         self._tasks = _TaskList(tasks)
         self._users = dict(users or {})
         self._static_tokens = frozenset(static_tokens)
@@ -774,6 +777,8 @@ class Simulator:
         if kps and self.latency > 0:
             await asyncio.sleep(self.latency)
         fault = self._take_fault(path)
+        if fault is None and kps and self.pick_fault is not None:
+            fault = self.pick_fault(record)
         response: web.StreamResponse | None = None
         if fault is not None:
             if fault.kind == "disconnect":

@@ -345,8 +345,10 @@ class Watcher:
         if not found.gone and not found.back:
             return 0
         looked = found.gone[: self._lookups]
-        findings = await self._look_up(looked)
+        findings = await self._look_up(looked, now)
         endings = decide_endings(looked, findings, now=now, grace=self._grace)
+        # A lookup that failed waits, as a task KPS still calls running does: its grace starts.
+        missing = [*endings.missing, *(a.task_id for a in looked if a.task_id not in findings)]
         by_id = {alert.task_id: alert for alert in looked}
         grouped: dict[int, list[Alert]] = defaultdict(list)
         for ending in endings.ended:
@@ -366,7 +368,7 @@ class Watcher:
             for notice_id, ended in grouped.items()
         }
         recorded = await self._store.record_endings(
-            endings.ended, now=now, replies=replies, missing=endings.missing, back=found.back
+            endings.ended, now=now, replies=replies, missing=missing, back=found.back
         )
         if recorded and endings.ended:
             log.info(
@@ -374,21 +376,30 @@ class Watcher:
             )
         return len(endings.ended) if recorded else 0
 
-    async def _look_up(self, gone: Sequence[Alert]) -> dict[str, Finding]:
+    async def _look_up(self, gone: Sequence[Alert], now: datetime) -> dict[str, Finding]:
+        """What KPS says of each gone task; a failed lookup is left out until its grace ends."""
         gate = asyncio.Semaphore(_LOOKUP_CONCURRENCY)
 
-        async def one(alert: Alert) -> tuple[str, TaskStatus | None]:
+        async def one(alert: Alert) -> tuple[str, TaskStatus | None, bool]:
             async with gate:
                 try:
-                    return alert.task_id, await self._kps.get_task_status(alert.task_id)
+                    return alert.task_id, await self._kps.get_task_status(alert.task_id), True
                 except KPSAPIError as error:
-                    if error.status != 404:
-                        log.warning("task status lookup failed: %s", error)
-                except (KPSError, ValueError) as error:
+                    if error.status == 404:  # KPS does not know the task: asking again won't help
+                        return alert.task_id, None, True
                     log.warning("task status lookup failed: %s", error)
-                return alert.task_id, None
+                except KPSError as error:
+                    log.warning("task status lookup failed: %s", error)
+                except ValueError as error:  # an id KPS cannot be asked about
+                    log.warning("task status lookup failed: %s", error)
+                    return alert.task_id, None, True
+                # A transient failure says nothing of how the task ended: the next scan asks
+                # again, and only after the grace period is the outcome reported as unknown.
+                since = alert.missing_since
+                return alert.task_id, None, since is not None and now - since >= self._grace
 
-        statuses = dict(await asyncio.gather(*(one(alert) for alert in gone)))
+        answers = await asyncio.gather(*(one(alert) for alert in gone))
+        statuses = {tid: status for tid, status, settled in answers if settled}
         failed = {tid for tid, status in statuses.items() if status and status.phase == "FAILED"}
         reasons = await self._failure_reasons(failed) if failed else {}
         return {
