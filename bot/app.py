@@ -33,6 +33,8 @@ from bot.watcher import Watcher
 
 log = logging.getLogger(__name__)
 
+KPS_CONNECTIONS = 50  # the httpx pool; the KPS client queues further requests itself
+
 
 def build_kps_auth(settings: Settings) -> httpx.Auth:
     """The `httpx.Auth` for the configured KPS auth mode."""
@@ -108,7 +110,7 @@ def build_runtime(
     http = httpx.AsyncClient(
         auth=build_kps_auth(settings),
         timeout=timeout,
-        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+        limits=httpx.Limits(max_connections=KPS_CONNECTIONS, max_keepalive_connections=20),
         transport=kps_transport,
         headers={"User-Agent": "kps-bot/0.1"},
     )
@@ -117,6 +119,7 @@ def build_runtime(
         endpoint=settings.kps_endpoint,
         project_id=settings.project_id,
         retry=RetryPolicy(attempts=settings.kps_max_attempts),
+        max_in_flight=KPS_CONNECTIONS,
     )
     # One aiohttp session for the Web API and every response_url post: pooled connections.
     session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))

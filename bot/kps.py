@@ -74,6 +74,7 @@ class FailedPage:
 
 
 Sleep = Callable[[float], Awaitable[None]]
+_FlightKey = tuple[str, tuple[tuple[str, int], ...]]
 
 
 class KPSClient:
@@ -88,12 +89,18 @@ class KPSClient:
         retry: RetryPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
         jitter: Callable[[], float] = random.random,
+        max_in_flight: int = 50,
     ) -> None:
         self._http = http
         self._base = f"{endpoint.rstrip('/')}/v3/{project_id}"
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._jitter = jitter
+        # Requests beyond the connection pool wait here rather than in httpcore's queue, which is
+        # scanned in full for every request it assigns (encode/httpcore#1035): with hundreds
+        # waiting that scan, not KPS, used most of the CPU (bench/RESULTS.md, profiles).
+        self._gate = asyncio.Semaphore(max_in_flight)
+        self._flights: dict[_FlightKey, asyncio.Future[tuple[Any, httpx.Response]]] = {}
 
     def __repr__(self) -> str:
         return f"KPSClient(base={self._base!r})"
@@ -197,6 +204,28 @@ class KPSClient:
         return Snapshot(tuple(seen.values()), total, complete, requests)
 
     async def _get(self, path: str, params: Mapping[str, int]) -> tuple[Any, httpx.Response]:
+        """One GET, shared with every caller asking for the same thing while it is in flight.
+
+        Fifty users typing `/kps` at once want the same first page: one request answers them
+        all. Nothing is kept once it returns, so no caller ever sees an older answer than a
+        request started after its own.
+        """
+        key: _FlightKey = (path, tuple(sorted(params.items())))
+        flight = self._flights.get(key)
+        if flight is None:
+            flight = asyncio.ensure_future(self._fetch(path, params))
+            self._flights[key] = flight
+            flight.add_done_callback(lambda done: self._land(key, done))
+        # shield: one caller giving up must not cancel the request the others wait for.
+        return await asyncio.shield(flight)
+
+    def _land(self, key: _FlightKey, done: asyncio.Future[tuple[Any, httpx.Response]]) -> None:
+        if self._flights.get(key) is done:
+            del self._flights[key]
+        if not done.cancelled():
+            done.exception()  # retrieved here, so a flight whose callers all left logs nothing
+
+    async def _fetch(self, path: str, params: Mapping[str, int]) -> tuple[Any, httpx.Response]:
         url = self._base + path
         # The SDK sends this on GETs too; AK/SK signatures include it (research/kps-api.md §2).
         headers = {"Content-Type": "application/json"}
@@ -204,7 +233,8 @@ class KPSClient:
         for attempt in range(1, attempts + 1):
             retry_after: float | None = None
             try:
-                response = await self._http.get(url, params=dict(params), headers=headers)
+                async with self._gate:
+                    response = await self._http.get(url, params=dict(params), headers=headers)
             except httpx.TimeoutException:
                 error: KPSError = KPSTimeout(f"KPS did not answer in time ({path})")
             except httpx.TransportError as exc:

@@ -249,3 +249,46 @@ async def test_task_time_as_number_and_null_is_accepted() -> None:
         page = await KPSClient(http, endpoint="http://kps", project_id=PROJECT).list_running_tasks()
     assert page.tasks[0].started_at == datetime.fromtimestamp(now_ms / 1000, tz=UTC)
     assert page.tasks[1].started_at is None
+
+
+async def test_concurrent_identical_reads_share_one_request(
+    sim: Simulator, http: httpx.AsyncClient
+) -> None:
+    import asyncio
+
+    sim.latency = 0.2
+    kps = client_for(sim, http)
+    pages = await asyncio.gather(*(kps.list_running_tasks(10, 0) for _ in range(20)))
+    assert {p.total for p in pages} == {37} and len({p.tasks for p in pages}) == 1
+    assert sim.count("GET", "/v3/") == 1
+    # Different pages are different requests, and nothing is kept once a request returns.
+    await asyncio.gather(kps.list_running_tasks(10, 0), kps.list_running_tasks(10, 10))
+    assert sim.count("GET", "/v3/") == 3
+
+
+async def test_a_caller_leaving_does_not_cancel_the_shared_request(
+    sim: Simulator, http: httpx.AsyncClient
+) -> None:
+    import asyncio
+
+    sim.latency = 0.3
+    kps = client_for(sim, http)
+    leaver = asyncio.create_task(kps.list_running_tasks(10, 0))
+    stayer = asyncio.create_task(kps.list_running_tasks(10, 0))
+    await asyncio.sleep(0.05)
+    leaver.cancel()
+    page = await stayer
+    assert page.total == 37 and sim.count("GET", "/v3/") == 1
+
+
+async def test_requests_beyond_the_gate_wait_their_turn(sim: Simulator) -> None:
+    import asyncio
+
+    sim.latency = 0.1
+    async with httpx.AsyncClient(auth=StaticTokenAuth(Secret(TOKEN))) as http:
+        kps = KPSClient(http, endpoint=sim.url, project_id=PROJECT, max_in_flight=2)
+        pages = await asyncio.gather(*(kps.list_running_tasks(1, i) for i in range(6)))
+    assert [p.offset for p in pages] == list(range(6))
+    # Arrival times come in pairs: never more than two requests at KPS at once.
+    arrivals = sorted(r.time for r in sim.requests)
+    assert arrivals[2] - arrivals[0] >= 0.09 and arrivals[4] - arrivals[2] >= 0.09
