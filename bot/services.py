@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 
 from bot.blocks import PageContext
@@ -91,3 +93,16 @@ def services_of(context: AsyncBoltContext) -> Services:
     if not isinstance(services, Services):  # a wiring bug, not a user error
         raise RuntimeError("kps-bot services are missing from the Bolt context")
     return services
+
+
+@asynccontextmanager
+async def acked(ack: AsyncAck, context: AsyncBoltContext) -> AsyncIterator[Services]:
+    """Ack the request and hold it in flight until the block ends.
+
+    The hold starts before the ack: once Slack has its ack, a SIGTERM must still wait for the
+    rest of the work (bot/server.py drains in-flight work before closing the clients).
+    """
+    services = services_of(context)
+    async with services.inflight.hold():
+        await ack()
+        yield services

@@ -12,16 +12,14 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.blocks import BadButtonValue, PageRef, build_notice
 from bot.handlers.pages import render_listing
 from bot.replies import ResponseType
-from bot.services import Services, services_of
+from bot.services import Services, acked
 
 
 async def handle_page(
     ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
 ) -> None:
     """Previous, Next, Refresh and Retry: replace the message that holds the button."""
-    services = services_of(context)
-    async with services.inflight.hold():
-        await ack()
+    async with acked(ack, context) as services:
         ref = await _ref_or_complain(services, body, action)
         if ref is None:
             return
@@ -40,9 +38,7 @@ async def handle_share(
     ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
 ) -> None:
     """Post the page the user is looking at to the channel, for everyone."""
-    services = services_of(context)
-    async with services.inflight.hold():
-        await ack()
+    async with acked(ack, context) as services:
         ref = await _ref_or_complain(services, body, action)
         if ref is None:
             return
@@ -62,9 +58,7 @@ async def handle_list(
     client: AsyncWebClient,
 ) -> None:
     """The Home tab's button: a Home view has no response_url, so the page goes to the DM."""
-    services = services_of(context)
-    async with services.inflight.hold():
-        await ack()
+    async with acked(ack, context) as services:
         ref = await _ref_or_complain(services, body, action)
         user = body.get("user", {}).get("id")
         if ref is None or not isinstance(user, str):

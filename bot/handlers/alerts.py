@@ -24,7 +24,7 @@ from bot.notices import (
     build_stale_notice,
     build_unknown_notice,
 )
-from bot.services import Services, services_of
+from bot.services import Services, acked
 from bot.store import NoticeState, Store
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,7 @@ async def handle_acknowledge(
     client: AsyncWebClient,
 ) -> None:
     """Record who acknowledged the notice and when, and show it on the notice."""
-    services = services_of(context)
-    async with services.inflight.hold():
-        await ack()
+    async with acked(ack, context) as services:
         found = await _notice_and_store(services, body, action)
         if found is None:
             return
@@ -57,9 +55,7 @@ async def handle_snooze(
     client: AsyncWebClient,
 ) -> None:
     """Stop the notice's reminders for 1, 4 or 24 hours, and show until when."""
-    services = services_of(context)
-    async with services.inflight.hold():
-        await ack()
+    async with acked(ack, context) as services:
         found = await _notice_and_store(services, body, action)
         if found is None:
             return
@@ -77,9 +73,7 @@ async def handle_stale_list(
     ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
 ) -> None:
     """Every task of a notice with its state, a page at a time, only for the one who asked."""
-    services = services_of(context)
-    async with services.inflight.hold():
-        await ack()
+    async with acked(ack, context) as services:
         found = await _notice_and_store(services, body, action)
         if found is None:
             return

@@ -10,7 +10,7 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from bot.blocks import PageRef, build_help, build_usage_error
 from bot.handlers.pages import render_listing
 from bot.intent import ListTasks, ShowHelp, parse_command
-from bot.services import services_of
+from bot.services import acked
 
 COMMAND = "/kps"
 
@@ -24,10 +24,8 @@ async def handle_kps(ack: AsyncAck, command: dict[str, Any], context: AsyncBoltC
     if not isinstance(intent, ListTasks):
         await ack(**build_usage_error(intent.text).as_payload())
         return
-    services = services_of(context)
-    async with services.inflight.hold():
-        # Ack first: Slack gives up after 3 seconds and KPS may be slower than that.
-        await ack()
+    # Ack first: Slack gives up after 3 seconds and KPS may be slower than that.
+    async with acked(ack, context) as services:
         ref = PageRef(offset=0, page_size=services.settings.page_size, query=intent.query)
         message = await render_listing(services, ref)
         await services.replies.send(command["response_url"], message)
