@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from bot.alerts import Alert, Notice, NoticeState, WatchState
 from bot.stale import (
     Finding,
     as_alert,
@@ -16,7 +17,6 @@ from bot.stale import (
     reconcile,
     stale_tasks,
 )
-from bot.store import Alert, Notice, NoticeState, WatchState
 from bot.tasks import Task, TaskStatus
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
