@@ -276,6 +276,14 @@ def test_notice_ref_round_trip_and_refusals() -> None:
         '{"v":1,"n":1,"x":1}',
         '{"v":1,"n":1,"o":-1}',
         "x" * 3000,
+        # The one strict codec: what PageRef refuses, NoticeRef refuses too.
+        '{"v":1,"n":1,"n":2}',
+        '{"v":true,"n":1}',
+        '{"v":1.0,"n":1}',
+        '{"v":1,"n":1,"r":"yes"}',
+        '{"v":1,"n":1,"r":2}',
+        '{"v":1,"n":1,"h":4.0}',
+        '{"v":1}',
     ):
         with pytest.raises(BadButtonValue):
             NoticeRef.parse(bad)
