@@ -7,7 +7,6 @@ values are built and read by one type, `NoticeRef`, through the one strict codec
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -460,7 +459,7 @@ def _pack(
     current: list[Block] = []
     size = 0
     for block in lines:
-        cost = len(json.dumps(block, ensure_ascii=False)) + 2
+        cost = payload_chars(block) + 2
         if current and (len(current) >= _REPLY_BLOCKS or size + cost > budget):
             groups.append(current)
             current, size = [], 0
