@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol, TypeVar
@@ -257,6 +257,22 @@ def decode_value(value: object, keys: Collection[str]) -> dict[str, Any]:
     if unknown:
         raise BadButtonValue(f"unknown keys in button value: {short_repr(', '.join(unknown))}")
     return data
+
+
+def int_field(data: Mapping[str, Any], key: str, what: str, default: int | None = None) -> int:
+    """A whole-number field of a decoded value (never a bool); else `BadButtonValue`."""
+    value = data.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadButtonValue(f"{what} must be a whole number, got {short_repr(value)}")
+    return value
+
+
+def text_field(data: Mapping[str, Any], key: str, what: str) -> str:
+    """A text field of a decoded value, "" when absent; else `BadButtonValue`."""
+    value = data.get(key, "")
+    if not isinstance(value, str):
+        raise BadButtonValue(f"{what} must be text, got {short_repr(value)}")
+    return value
 
 
 def short_repr(value: object) -> str:

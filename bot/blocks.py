@@ -32,11 +32,12 @@ from bot.blockkit import (
     format_duration,
     format_utc,
     header_block,
+    int_field,
     mention,
     one_line,
     safe_text,
     section_block,
-    short_repr,
+    text_field,
     where_and_when,
 )
 from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
@@ -106,18 +107,13 @@ class PageRef:
     def parse(cls, value: str) -> PageRef:
         """Read a button value written by `encode`; anything else raises `BadButtonValue`."""
         data = decode_value(value, ("o", "n", "q", "s"))
-        offset, size, query = data.get("o"), data.get("n"), data.get("q", "")
-        shared_by = data.get("s", "")
-        if type(offset) is not int:
-            raise BadButtonValue(f"offset must be a whole number, got {short_repr(offset)}")
-        if type(size) is not int:
-            raise BadButtonValue(f"page size must be a whole number, got {short_repr(size)}")
-        if not isinstance(query, str):
-            raise BadButtonValue(f"query must be text, got {short_repr(query)}")
-        if not isinstance(shared_by, str):
-            raise BadButtonValue(f"shared_by must be text, got {short_repr(shared_by)}")
         try:
-            return cls(offset=offset, page_size=size, query=query, shared_by=shared_by)
+            return cls(
+                offset=int_field(data, "o", "offset"),
+                page_size=int_field(data, "n", "page size"),
+                query=text_field(data, "q", "query"),
+                shared_by=text_field(data, "s", "shared_by"),
+            )
         except ValueError as exc:
             raise BadButtonValue(str(exc)) from None
 

@@ -37,12 +37,12 @@ from bot.blockkit import (
     format_duration,
     format_utc,
     header_block,
+    int_field,
     mention,
     payload_chars,
     plural,
     safe_text,
     section_block,
-    short_repr,
     where_and_when,
 )
 from bot.tasks import TaskStatus, operation_label, status_label
@@ -94,15 +94,16 @@ class NoticeRef:
     def parse(cls, value: object) -> NoticeRef:
         """Read a value `encode` wrote; anything else raises `BadButtonValue`."""
         data = decode_value(value, ("n", "h", "o", "r"))
-        notice_id, hours, offset = data.get("n", 0), data.get("h", 0), data.get("o", 0)
-        replace = data.get("r", 0)
-        for name, number in (("notice id", notice_id), ("hours", hours), ("offset", offset)):
-            if type(number) is not int:
-                raise BadButtonValue(f"{name} must be a whole number, got {short_repr(number)}")
-        if type(replace) is not int or replace not in (0, 1):
-            raise BadButtonValue(f"replace must be 0 or 1, got {short_repr(replace)}")
+        replace = int_field(data, "r", "replace", 0)
+        if replace not in (0, 1):
+            raise BadButtonValue(f"replace must be 0 or 1, got {replace}")
         try:
-            return cls(notice_id=notice_id, hours=hours, offset=offset, replace=replace == 1)
+            return cls(
+                notice_id=int_field(data, "n", "notice id"),
+                hours=int_field(data, "h", "snooze hours", 0),
+                offset=int_field(data, "o", "offset", 0),
+                replace=replace == 1,
+            )
         except ValueError as exc:
             raise BadButtonValue(str(exc)) from None
 
