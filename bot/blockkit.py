@@ -157,7 +157,9 @@ class ViewContext:
     renotify_after: timedelta | None = None  # stale notices only: the reminder interval
 
     def __post_init__(self) -> None:
-        if self.now.tzinfo is None or (self.fetched_at and self.fetched_at.tzinfo is None):
+        if self.now.tzinfo is None or (
+            self.fetched_at is not None and self.fetched_at.tzinfo is None
+        ):
             raise ValueError("now and fetched_at must be timezone-aware (UTC)")
 
 
