@@ -22,7 +22,8 @@ import aiohttp
 import httpx
 from aiohttp import web
 
-from bot.blocks import PageContext, PageRef, build_page
+from bot.blockkit import ViewContext
+from bot.blocks import PageRef, build_page
 from bot.tasks import Task
 
 PAGE = PageRef(offset=0, page_size=10)
@@ -85,7 +86,9 @@ class Floor:
             data = response.json()
             tasks = [parse_task(item) for item in data["tasks"]]
             now = datetime.now(UTC)
-            ctx = PageContext(self.project_id, None, now, now, timedelta(minutes=30))
+            ctx = ViewContext(
+                project_id=self.project_id, region=None, now=now, stale_after=timedelta(minutes=30)
+            )
             message = build_page(tasks, total=data["total"], ref=PAGE, ctx=ctx)
             payload: dict[str, Any] = message.as_payload()
             payload["response_type"] = "ephemeral"

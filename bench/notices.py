@@ -33,7 +33,7 @@ from typing import Any
 
 import httpx
 
-from bot.blocks import MESSAGE_MAX_BLOCKS
+from bot.blockkit import MESSAGE_MAX_BLOCKS
 from bot.fakeslack import Call, FakeSlack
 from bot.notices import NOTICE_SHOWN
 from bot.simulator import Simulator

@@ -22,7 +22,8 @@ from slack_bolt.app.app import SlackAppDevelopmentServer
 from slack_sdk import WebClient
 
 from bench.floor import PAGE, parse_task
-from bot.blocks import PageContext, build_page
+from bot.blockkit import ViewContext
+from bot.blocks import build_page
 
 
 class _Server(ThreadingHTTPServer):
@@ -48,7 +49,9 @@ def build_app(args: argparse.Namespace) -> App:
         response.raise_for_status()
         data = response.json()
         now = datetime.now(UTC)
-        ctx = PageContext(args.project_id, None, now, now, timedelta(minutes=30))
+        ctx = ViewContext(
+            project_id=args.project_id, region=None, now=now, stale_after=timedelta(minutes=30)
+        )
         tasks = [parse_task(item) for item in data["tasks"]]
         message = build_page(tasks, total=data["total"], ref=PAGE, ctx=ctx)
         ack(**message.as_payload())

@@ -38,7 +38,8 @@ class RenderCase:
 
 def render_cases() -> list[RenderCase]:
     """What part 4 times. Part 3 adds 'one notice' here once the watcher's builder exists."""
-    from bot.blocks import PageContext, PageRef, build_page
+    from bot.blockkit import ViewContext
+    from bot.blocks import PageRef, build_page
     from bot.simulator import seed_tasks
     from bot.tasks import Task
 
@@ -57,8 +58,11 @@ def render_cases() -> list[RenderCase]:
         for t in seed_tasks(10, now=now.timestamp(), rng=random.Random(3))
     ]
     ref = PageRef(offset=0, page_size=10)
-    ctx = PageContext(
-        "0f1e2d3c4b5a69788796a5b4c3d2e1f0", "cn-north-4", now, now, timedelta(minutes=30)
+    ctx = ViewContext(
+        project_id="0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        region="cn-north-4",
+        now=now,
+        stale_after=timedelta(minutes=30),
     )
 
     def page() -> Any:

@@ -22,7 +22,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot import handlers
 from bot.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
-from bot.blocks import build_notice
+from bot.blocks import build_line
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings, TokenAuthSettings
 from bot.kps import KPSClient, RetryPolicy
 from bot.logs import correlation_id, new_correlation_id, register_secret
@@ -189,7 +189,7 @@ def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> 
         url = body.get("response_url")
         if isinstance(url, str):
             cid = correlation_id.get() or "unknown"
-            notice = build_notice(
+            notice = build_line(
                 f"Something went wrong on our side. It has been logged with id `{cid}`."
             )
             await services.replies.send(url, notice)

@@ -160,13 +160,19 @@ class IamPasswordAuth(httpx.Auth):
     async def _accept(self, response: httpx.Response) -> _Token:
         await response.aread()
         if not response.is_success:
-            raise decode_error(response, service="IAM")
+            raise decode_error(
+                response.status_code,
+                response.headers,
+                response.content,
+                reason=response.reason_phrase,
+                service="IAM",
+            )
         value = response.headers.get("X-Subject-Token")
         if not value:
             raise KPSBadResponse(
                 "the IAM token response has no X-Subject-Token header",
                 status=response.status_code,
-                request_id=request_id_of(response),
+                request_id=request_id_of(response.headers),
             )
         try:
             expires_at = _parse_expiry(json.loads(response.content)["token"]["expires_at"])
@@ -174,7 +180,7 @@ class IamPasswordAuth(httpx.Auth):
             raise KPSBadResponse(
                 "the IAM token response has no readable token.expires_at",
                 status=response.status_code,
-                request_id=request_id_of(response),
+                request_id=request_id_of(response.headers),
             ) from None
         now = self._clock()
         margin = self._renew_margin

@@ -15,7 +15,7 @@ from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError
 
 
 @dataclass(frozen=True, slots=True)
-class Finding:
+class CheckResult:
     """One line of the report: whether it is fine, and what was found."""
 
     ok: bool
@@ -27,40 +27,40 @@ async def run_check(settings: Settings, out: TextIO) -> int:
     """Print what works and what does not; 0 only when all is well."""
     runtime = build_runtime(settings)
     try:
-        findings = [Finding(True, "settings are complete and well formed")]
-        findings.append(await check_kps(runtime))
-        findings.extend(await check_slack(runtime))
+        results = [CheckResult(True, "settings are complete and well formed")]
+        results.append(await check_kps(runtime))
+        results.extend(await check_slack(runtime))
         if runtime.store is not None:
-            findings.append(await check_store(runtime))
+            results.append(await check_store(runtime))
     finally:
         await runtime.aclose()
-    for finding in findings:
-        mark = "!" if finding.warning else ("ok" if finding.ok else "FAIL")
-        out.write(f"[{mark:>4}] {finding.text}\n")
-    failed = [f for f in findings if not f.ok and not f.warning]
+    for result in results:
+        mark = "!" if result.warning else ("ok" if result.ok else "FAIL")
+        out.write(f"[{mark:>4}] {result.text}\n")
+    failed = [f for f in results if not f.ok and not f.warning]
     out.write("All checks passed.\n" if not failed else f"{len(failed)} check(s) failed.\n")
     return 0 if not failed else 1
 
 
-async def check_kps(runtime: Runtime) -> Finding:
+async def check_kps(runtime: Runtime) -> CheckResult:
     """List one running task and explain any failure."""
     settings = runtime.settings
     where = settings.kps_endpoint
     try:
         page = await runtime.services.kps.list_running_tasks(1, 0)
     except KPSConnectionError:
-        return Finding(False, f"KPS endpoint {where} is unreachable (DNS, network or TLS)")
+        return CheckResult(False, f"KPS endpoint {where} is unreachable (DNS, network or TLS)")
     except KPSTimeout:
-        return Finding(
+        return CheckResult(
             False, f"KPS endpoint {where} did not answer within {settings.kps_timeout} s"
         )
     except KPSBadResponse as error:
-        return Finding(False, f"{where} answered, but not like KPS: {error.detail}")
+        return CheckResult(False, f"{where} answered, but not like KPS: {error.detail}")
     except KPSAPIError as error:
-        return Finding(False, explain_kps_error(error, settings))
+        return CheckResult(False, explain_kps_error(error, settings))
     except KPSError as error:
-        return Finding(False, f"KPS call failed: {error}")
-    return Finding(
+        return CheckResult(False, f"KPS call failed: {error}")
+    return CheckResult(
         True,
         f"KPS answers at {where}: project {settings.project_id} has {page.total} running task(s)",
     )
@@ -96,29 +96,31 @@ def explain_kps_error(error: KPSAPIError, settings: Settings) -> str:
     return f"KPS answered HTTP {error.status}: {detail}{rid}"
 
 
-async def check_slack(runtime: Runtime) -> list[Finding]:
+async def check_slack(runtime: Runtime) -> list[CheckResult]:
     """`auth.test`, then whether the stale-notice channel can be posted to."""
     settings = runtime.settings
     try:
         auth = await runtime.slack.auth_test()
     except SlackApiError as error:
-        return [Finding(False, f"Slack rejected the bot token: {error.response.get('error')}")]
+        return [CheckResult(False, f"Slack rejected the bot token: {error.response.get('error')}")]
     except (aiohttp.ClientError, TimeoutError) as error:
-        return [Finding(False, f"Slack API at {settings.slack_api_url} unreachable: {error}")]
-    findings = [
-        Finding(True, f"Slack: signed in as @{auth.get('user')} in workspace {auth.get('team')}")
+        return [CheckResult(False, f"Slack API at {settings.slack_api_url} unreachable: {error}")]
+    results = [
+        CheckResult(
+            True, f"Slack: signed in as @{auth.get('user')} in workspace {auth.get('team')}"
+        )
     ]
     channel = settings.stale_channel_id
     if channel is None:
-        findings.append(Finding(True, "STALE_CHANNEL_ID unset: stale-task notices are off"))
-        return findings
+        results.append(CheckResult(True, "STALE_CHANNEL_ID unset: stale-task notices are off"))
+        return results
     try:
         info = await runtime.slack.conversations_info(channel=channel)
     except SlackApiError as error:
         code = error.response.get("error")
         if code == "missing_scope":
-            findings.append(
-                Finding(
+            results.append(
+                CheckResult(
                     False,
                     f"cannot look up {channel} without the channels:read scope; "
                     "the first notice will show whether posting works",
@@ -126,21 +128,25 @@ async def check_slack(runtime: Runtime) -> list[Finding]:
                 )
             )
         else:
-            findings.append(Finding(False, f"stale-notice channel {channel}: {code}"))
-        return findings
+            results.append(CheckResult(False, f"stale-notice channel {channel}: {code}"))
+        return results
     data = info.get("channel") or {}
     name = data.get("name", channel)
     if data.get("is_member") or not data.get("is_private"):
         how = "a member" if data.get("is_member") else "public (chat:write.public)"
-        findings.append(Finding(True, f"stale notices can be posted to #{name}: the bot is {how}"))
-    else:
-        findings.append(
-            Finding(False, f"#{name} is private and the bot is not in it: /invite @kps-bot there")
+        results.append(
+            CheckResult(True, f"stale notices can be posted to #{name}: the bot is {how}")
         )
-    return findings
+    else:
+        results.append(
+            CheckResult(
+                False, f"#{name} is private and the bot is not in it: /invite @kps-bot there"
+            )
+        )
+    return results
 
 
-async def check_store(runtime: Runtime) -> Finding:
+async def check_store(runtime: Runtime) -> CheckResult:
     """Open the alert-state store, create or migrate its schema, and name the watching replica."""
     store = runtime.store
     assert store is not None
@@ -151,6 +157,6 @@ async def check_store(runtime: Runtime) -> Finding:
         text = f"{type(error).__name__}: {error}"[:300]
         for secret in runtime.settings.secret_values():
             text = text.replace(secret, "[redacted]")
-        return Finding(False, f"alert state store (STATE_URL) cannot be used: {text}")
+        return CheckResult(False, f"alert state store (STATE_URL) cannot be used: {text}")
     who = f"replica {holder} is watching" if holder else "no replica is watching right now"
-    return Finding(True, f"alert state store ({store.backend}) is ready; {who}")
+    return CheckResult(True, f"alert state store ({store.backend}) is ready; {who}")

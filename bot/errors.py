@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from http import HTTPStatus
 from typing import Any
-
-import httpx
 
 _RAW_TEXT_LIMIT = 300  # enough to recognise an HTML error page, short enough for a Slack message
 
@@ -69,35 +69,44 @@ class KPSBadResponse(KPSError):
         super().__init__(f"KPS sent a response that could not be read: {detail}{rid}")
 
 
-def request_id_of(response: httpx.Response) -> str | None:
-    """The request id Huawei Cloud puts in a response header."""
-    value: str | None = response.headers.get("X-Request-Id") or response.headers.get(
-        "X-Openstack-Request-Id"
-    )
-    return value
+def request_id_of(headers: Mapping[str, str]) -> str | None:
+    """The request id Huawei Cloud puts in a response header (names matched without case)."""
+    lowered = {name.lower(): value for name, value in headers.items()}
+    return lowered.get("x-request-id") or lowered.get("x-openstack-request-id") or None
 
 
-def decode_error(response: httpx.Response, *, service: str = "KPS") -> KPSAPIError:
+def decode_error(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    reason: str | None = None,
+    service: str = "KPS",
+) -> KPSAPIError:
     """Turn any error body shape Huawei Cloud is known to send into one `KPSAPIError`.
 
-    Shapes, in the order the SDK's DefaultExceptionHandler tries them (research/kps-api.md §3):
-    flat `{"error_code","error_msg"}` (KPS, APIG.*/APIGW.* with `request_id`), nested
-    `{"error": {...}}` (KMS on the same host), Keystone `{"error": {"code","message","title"}}`
-    (IAM), camelCase variants; else the status and the start of the raw text.
+    Pure, like gidgethub's `decipher_response`: it takes the status, headers and body, not a
+    client's response object, so modules that render errors never load an HTTP client. `reason`
+    is the status line's phrase when the server sent one. Shapes, in the order the SDK's
+    DefaultExceptionHandler tries them (research/kps-api.md §3): flat `{"error_code","error_msg"}`
+    (KPS, APIG.*/APIGW.* with `request_id`), nested `{"error": {...}}` (KMS on the same host),
+    Keystone `{"error": {"code","message","title"}}` (IAM), camelCase variants; else the status
+    and the start of the raw text.
     """
-    status = response.status_code
-    request_id = request_id_of(response)
-    body: Any = None
+    request_id = request_id_of(headers)
+    parsed: Any = None
     try:
-        body = json.loads(response.content)
+        parsed = json.loads(body)
     except (ValueError, UnicodeDecodeError):
-        body = None
-    found = _find_code_and_message(body) if isinstance(body, dict) else None
-    if isinstance(body, dict) and request_id is None:
-        rid = body.get("request_id")
+        parsed = None
+    found = _find_code_and_message(parsed) if isinstance(parsed, dict) else None
+    if isinstance(parsed, dict) and request_id is None:
+        rid = parsed.get("request_id")
         request_id = rid if isinstance(rid, str) and rid else None
     if found is None:
-        return KPSAPIError(status, str(status), _raw_text(response), request_id, service=service)
+        phrase = _reason_phrase(status) if reason is None else reason
+        raw = _raw_text(body, phrase)
+        return KPSAPIError(status, str(status), raw, request_id, service=service)
     code, message = found
     return KPSAPIError(status, code, message, request_id, service=service)
 
@@ -127,11 +136,18 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _raw_text(response: httpx.Response) -> str:
-    text = response.content.decode("utf-8", errors="replace").strip()
+def _reason_phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _raw_text(body: bytes, reason: str) -> str:
+    text = body.decode("utf-8", errors="replace").strip()
     if not text:
-        return response.reason_phrase or "no body"
+        return reason or "no body"
     if text.lstrip().startswith("<"):
         # An HTML error page from a proxy or gateway: its markup means nothing to a user.
-        return f"{response.reason_phrase or 'error'} (HTML error page)"
+        return f"{reason or 'error'} (HTML error page)"
     return text[:_RAW_TEXT_LIMIT]

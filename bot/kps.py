@@ -244,7 +244,12 @@ class KPSClient:
             else:
                 if response.is_success:
                     return _json(response), response
-                error = decode_error(response)
+                error = decode_error(
+                    response.status_code,
+                    response.headers,
+                    response.content,
+                    reason=response.reason_phrase,
+                )
                 retry_after = _retry_after(response.headers)
             if not error.retryable or attempt == attempts:
                 raise error
@@ -295,7 +300,9 @@ def _json(response: httpx.Response) -> Any:
 
 
 def _bad(response: httpx.Response, detail: str) -> KPSBadResponse:
-    return KPSBadResponse(detail, status=response.status_code, request_id=request_id_of(response))
+    return KPSBadResponse(
+        detail, status=response.status_code, request_id=request_id_of(response.headers)
+    )
 
 
 def _page_parts(data: Any, response: httpx.Response) -> tuple[int, list[dict[str, Any]]]:

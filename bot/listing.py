@@ -6,9 +6,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from bot.alerts import task_order
 from bot.blocks import PageRef
 from bot.kps import KPSClient
-from bot.tasks import Task
+from bot.tasks import Task, is_stale
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +21,7 @@ class Listing:
     ref: PageRef
 
 
-async def fetch_listing(kps: KPSClient, ref: PageRef) -> Listing:
+async def fetch_page(kps: KPSClient, ref: PageRef) -> Listing:
     """The page `ref` asks for; when the list shrank under the user, its last page instead."""
     if ref.query:
         snapshot = await kps.walk_running_tasks()
@@ -64,7 +65,7 @@ class Census:
 
 def census(tasks: Sequence[Task], *, now: datetime, stale_after: timedelta) -> Census:
     """Counts for the Home tab, from one walk."""
+    stale = sum(1 for t in tasks if is_stale(t.started_at, now=now, stale_after=stale_after))
     dated = [t for t in tasks if t.started_at is not None]
-    stale = sum(1 for t in dated if t.started_at is not None and now - t.started_at >= stale_after)
-    oldest = min(dated, key=lambda t: t.started_at or now, default=None)
+    oldest = min(dated, key=task_order, default=None)
     return Census(running=len(tasks), stale=stale, oldest=oldest)

@@ -1,43 +1,50 @@
 """Pure Block Kit builders for stale-task notices, their thread replies and the watcher's health.
 
-Same rules as `bot.blocks`: every KPS string is escaped and clipped, every message fits Slack's
+Built from `bot.blockkit`: every KPS string is escaped and clipped, every message fits Slack's
 limits (50 blocks, 3000 characters a section, about 12k characters of JSON in all), and button
-values are built and read by one type, `NoticeRef`.
+values are built and read by one type, `NoticeRef`, through the one strict codec.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any, Final
 
-from bot.blocks import (
+from bot.alerts import Alert, NoticeState, WatchState, task_order
+from bot.blockkit import (
+    FALLBACK_TEXT_MAX,
     MESSAGE_MAX_BLOCKS,
     MESSAGE_MAX_CHARS,
     BadButtonValue,
     Block,
+    Clips,
     Message,
+    ViewContext,
     actions_block,
     button,
     clip,
     code_span,
     context_block,
+    decode_value,
     divider_block,
+    encode_value,
     escape,
+    fit,
     format_age,
     format_date,
     format_duration,
     format_utc,
     header_block,
+    int_field,
     mention,
     payload_chars,
+    plural,
     safe_text,
     section_block,
+    where_and_when,
 )
-from bot.stale import task_order
-from bot.store import Alert, NoticeState, WatchState
 from bot.tasks import TaskStatus, operation_label, status_label
 
 ACTION_ACK: Final = "kps_stale_ack"
@@ -51,21 +58,8 @@ NOTICE_SHOWN: Final = 20  # tasks named in the notice itself; the rest go to its
 LIST_PAGE: Final = 20  # tasks per page of the List button's answer
 _REMINDER_SHOWN: Final = 20
 _REPLY_BLOCKS: Final = MESSAGE_MAX_BLOCKS - 2  # room for a title and a closing line
-_BUTTON_VALUE: Final = 2000
-_FALLBACK_TEXT: Final = 400
 _MAX_NOTICE_ID: Final = 2**31 - 1
 _MAX_OFFSET: Final = 10_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class NoticeContext:
-    """Where the notices are about and when they are drawn."""
-
-    project_id: str
-    region: str | None
-    stale_after: timedelta
-    now: datetime
-    renotify_after: timedelta | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,58 +81,39 @@ class NoticeRef:
 
     def encode(self) -> str:
         """Compact versioned JSON, well under Slack's 2000 characters."""
-        data: dict[str, Any] = {"v": 1, "n": self.notice_id}
+        data: dict[str, Any] = {"n": self.notice_id}
         if self.hours:
             data["h"] = self.hours
         if self.offset:
             data["o"] = self.offset
         if self.replace:
             data["r"] = 1
-        return json.dumps(data, separators=(",", ":"))
+        return encode_value(data)
 
     @classmethod
     def parse(cls, value: object) -> NoticeRef:
         """Read a value `encode` wrote; anything else raises `BadButtonValue`."""
-        if not isinstance(value, str) or len(value) > _BUTTON_VALUE:
-            raise BadButtonValue("button value is not a notice reference")
-        try:
-            data = json.loads(value)
-        except (ValueError, RecursionError):
-            raise BadButtonValue("button value is not the bot's JSON") from None
-        if (
-            not isinstance(data, dict)
-            or data.get("v") != 1
-            or set(data) - {"v", "n", "h", "o", "r"}
-        ):
-            raise BadButtonValue("button value is not a notice reference")
+        data = decode_value(value, ("n", "h", "o", "r"))
+        replace = int_field(data, "r", "replace", 0)
+        if replace not in (0, 1):
+            raise BadButtonValue(f"replace must be 0 or 1, got {replace}")
         try:
             return cls(
-                notice_id=data.get("n"),  # type: ignore[arg-type]  # checked by __post_init__
-                hours=data.get("h", 0),
-                offset=data.get("o", 0),
-                replace=data.get("r", 0) == 1,
+                notice_id=int_field(data, "n", "notice id"),
+                hours=int_field(data, "h", "snooze hours", 0),
+                offset=int_field(data, "o", "offset", 0),
+                replace=replace == 1,
             )
         except ValueError as exc:
             raise BadButtonValue(str(exc)) from None
 
 
-@dataclass(frozen=True, slots=True)
-class _Clips:
-    """How many escaped characters each KPS string may take in one task line."""
-
-    name: int
-    operation: int
-    ident: int
-    error: int
-    compact: bool = False  # no start date, shorter words
-
-
 # Tried in order until a message fits; the last fits 20 worst-case lines (see the tests).
 _TIERS: Final = (
-    _Clips(80, 40, 64, 160),
-    _Clips(48, 32, 40, 80),
-    _Clips(24, 24, 24, 40, compact=True),
-    _Clips(12, 16, 14, 16, compact=True),
+    Clips(name=80, operation=40, ident=64, error=160),
+    Clips(name=48, operation=32, ident=40, error=80),
+    Clips(name=24, operation=24, ident=24, error=40, compact=True),
+    Clips(name=12, operation=16, ident=14, error=16, compact=True),
 )
 
 
@@ -150,41 +125,36 @@ def ordered(alerts: Sequence[Alert]) -> list[Alert]:
     return sorted(alerts, key=task_order)
 
 
-def build_stale_notice(state: NoticeState, ctx: NoticeContext) -> Message:
+def build_stale_notice(state: NoticeState, ctx: ViewContext) -> Message:
     """The channel message: the first tasks with their state, progress, ack/snooze buttons."""
     tasks = ordered(state.alerts)
     if not tasks:
         raise ValueError("a stale notice needs at least one task")
     shown = tasks[:NOTICE_SHOWN]
     text = _notice_fallback(tasks, ctx)
-    blocks: list[Block] = []
-    for clips in _TIERS:
-        blocks = _notice_blocks(state, tasks, shown, ctx, clips)
-        if payload_chars({"text": text, "blocks": blocks}) <= MESSAGE_MAX_CHARS:
-            break
-    return Message(text=text, blocks=tuple(blocks))
+    return fit(text, _TIERS, lambda clips: _notice_blocks(state, tasks, shown, ctx, clips))
 
 
 def _notice_blocks(
     state: NoticeState,
     tasks: list[Alert],
     shown: list[Alert],
-    ctx: NoticeContext,
-    clips: _Clips,
+    ctx: ViewContext,
+    clips: Clips,
 ) -> list[Block]:
     notice = state.notice
     total = len(tasks)
     running = sum(1 for a in tasks if a.running)
     blocks: list[Block] = [header_block(_title(total, running))]
     blocks.append(section_block(_summary(tasks, ctx)))
-    blocks.append(context_block(_where(ctx, notice.created_at)))
+    blocks.append(context_block(where_and_when(ctx, "Noticed", notice.created_at)))
     blocks.append(divider_block())
     blocks.extend(section_block(_task_line(a, ctx, clips)) for a in shown)
     rest = total - len(shown)
     if rest:
         blocks.append(
             section_block(
-                f"…and *{rest}* more stale {_plural(rest, 'task')}, listed in this thread"
+                f"…and *{rest}* more stale {plural(rest, 'task')}, listed in this thread"
                 " (or use *List all*)."
             )
         )
@@ -207,16 +177,16 @@ def _notice_blocks(
 
 def _title(total: int, running: int) -> str:
     if running == 0:
-        return f"Stale key-pair {_plural(total, 'task')}: all finished"
+        return f"Stale key-pair {plural(total, 'task')}: all finished"
     if total == 1:
         return ":hourglass: A key-pair task is stale"
     return f":hourglass: {total} key-pair tasks are stale"
 
 
-def _summary(tasks: Sequence[Alert], ctx: NoticeContext) -> str:
+def _summary(tasks: Sequence[Alert], ctx: ViewContext) -> str:
     total = len(tasks)
     line = (
-        f"*{total}* key-pair {_plural(total, 'task')} went stale:"
+        f"*{total}* key-pair {plural(total, 'task')} went stale:"
         f" running *{format_duration(ctx.stale_after)}* or longer."
     )
     done = [a for a in tasks if not a.running]
@@ -236,7 +206,7 @@ def _summary(tasks: Sequence[Alert], ctx: NoticeContext) -> str:
     return f"{line}\n{lead}: {', '.join(parts)}."
 
 
-def _status_line(state: NoticeState, ctx: NoticeContext, running: int) -> str:
+def _status_line(state: NoticeState, ctx: ViewContext, running: int) -> str:
     notice = state.notice
     parts = []
     if notice.acked_by is not None:
@@ -253,21 +223,21 @@ def _status_line(state: NoticeState, ctx: NoticeContext, running: int) -> str:
     return " · ".join(parts)
 
 
-def _notice_fallback(tasks: Sequence[Alert], ctx: NoticeContext) -> str:
+def _notice_fallback(tasks: Sequence[Alert], ctx: ViewContext) -> str:
     total = len(tasks)
     names = ", ".join(safe_text(a.server_name, 40) or "(no name)" for a in tasks[:5])
     more = f" and {total - 5} more" if total > 5 else ""
     line = (
-        f"{total} key-pair {_plural(total, 'task')} running {format_duration(ctx.stale_after)}"
+        f"{total} key-pair {plural(total, 'task')} running {format_duration(ctx.stale_after)}"
         f" or longer: {names}{more}"
     )
-    return clip(line, _FALLBACK_TEXT)
+    return clip(line, FALLBACK_TEXT_MAX)
 
 
 # --- thread replies -------------------------------------------------------------------------------
 
 
-def build_detail_replies(tasks: Sequence[Alert], ctx: NoticeContext) -> list[Message]:
+def build_detail_replies(tasks: Sequence[Alert], ctx: ViewContext) -> list[Message]:
     """The tasks the notice itself has no room for, listed in its thread; none left out."""
     rest = ordered(tasks)[NOTICE_SHOWN:]
     total = len(tasks)
@@ -279,7 +249,7 @@ def build_detail_replies(tasks: Sequence[Alert], ctx: NoticeContext) -> list[Mes
     )
 
 
-def build_ending_replies(ended: Sequence[Alert], ctx: NoticeContext) -> list[Message]:
+def build_ending_replies(ended: Sequence[Alert], ctx: ViewContext) -> list[Message]:
     """Thread replies saying how tasks ended and how long they ran; one per ~40 tasks."""
     tasks = ordered(ended)
     count = len(tasks)
@@ -295,29 +265,28 @@ def build_ending_replies(ended: Sequence[Alert], ctx: NoticeContext) -> list[Mes
     return _pack(tasks, ctx, title, fallback=fallback)
 
 
-def build_reminder(state: NoticeState, ctx: NoticeContext) -> Message:
+def build_reminder(state: NoticeState, ctx: ViewContext) -> Message:
     """A reminder in the notice's thread: what is still running, and for how long."""
     running = [a for a in ordered(state.alerts) if a.running]
     if not running:
         raise ValueError("a reminder needs a running task")
     count = len(running)
     verb = "is" if count == 1 else "are"
-    title = f":bell: {count} {_plural(count, 'task')} from this notice {verb} still running"
-    fallback = f"Reminder: {count} stale key-pair {_plural(count, 'task')} still running"
+    title = f":bell: {count} {plural(count, 'task')} from this notice {verb} still running"
+    fallback = f"Reminder: {count} stale key-pair {plural(count, 'task')} still running"
     hint = "Acknowledge or snooze the notice to stop these reminders."
     shown = running[:_REMINDER_SHOWN]
     rest = count - len(shown)
     tail = f"…and {rest} more still running (List all on the notice). {hint}" if rest else hint
-    blocks: list[Block] = []
-    for clips in _TIERS:
-        blocks = [section_block(title), *(section_block(_task_line(a, ctx, clips)) for a in shown)]
-        blocks.append(context_block(tail))
-        if payload_chars({"text": fallback, "blocks": blocks}) <= MESSAGE_MAX_CHARS:
-            break
-    return Message(text=clip(fallback, _FALLBACK_TEXT), blocks=tuple(blocks))
+
+    def draw(clips: Clips) -> list[Block]:
+        lines = [section_block(_task_line(a, ctx, clips)) for a in shown]
+        return [section_block(title), *lines, context_block(tail)]
+
+    return fit(clip(fallback, FALLBACK_TEXT_MAX), _TIERS, draw)
 
 
-def build_notice_list(state: NoticeState, ctx: NoticeContext, *, offset: int) -> Message:
+def build_notice_list(state: NoticeState, ctx: ViewContext, *, offset: int) -> Message:
     """One page of a notice's tasks with their state, for the List all button (ephemeral)."""
     tasks = ordered(state.alerts)
     total = len(tasks)
@@ -336,14 +305,12 @@ def build_notice_list(state: NoticeState, ctx: NoticeContext, *, offset: int) ->
         ahead = NoticeRef(notice_id, offset=start + LIST_PAGE, replace=True)
         buttons.append(button("Next →", ACTION_STALE_LIST, ahead))
     text = f"Stale tasks {start + 1}–{start + len(page)} of {total}"
-    blocks: list[Block] = []
-    for clips in _TIERS:
-        blocks = [section_block(title), *(section_block(_task_line(a, ctx, clips)) for a in page)]
-        if buttons:
-            blocks.append(actions_block(buttons))
-        if payload_chars({"text": text, "blocks": blocks}) <= MESSAGE_MAX_CHARS:
-            break
-    return Message(text=text, blocks=tuple(blocks))
+
+    def draw(clips: Clips) -> list[Block]:
+        lines = [section_block(_task_line(a, ctx, clips)) for a in page]
+        return [section_block(title), *lines, *([actions_block(buttons)] if buttons else [])]
+
+    return fit(text, _TIERS, draw)
 
 
 def build_unknown_notice() -> Message:
@@ -352,7 +319,7 @@ def build_unknown_notice() -> Message:
         "This notice is no longer in the bot's state store (it was pruned, or STATE_URL changed),"
         " so it cannot be changed. `/kps` lists the running tasks."
     )
-    return Message(text=clip(words, _FALLBACK_TEXT), blocks=(section_block(words),))
+    return Message(text=clip(words, FALLBACK_TEXT_MAX), blocks=(section_block(words),))
 
 
 def build_notices_off() -> Message:
@@ -364,7 +331,7 @@ def build_notices_off() -> Message:
 # --- the watcher's own health ---------------------------------------------------------------------
 
 
-def build_impaired(state: WatchState, ctx: NoticeContext, *, poll_interval: float) -> Message:
+def build_impaired(state: WatchState, ctx: ViewContext, *, poll_interval: float) -> Message:
     """The one notice that watching is impaired: since when, why, and what that means."""
     since = state.failing_since or ctx.now
     error = safe_text(state.last_error or "unknown error", 600) or "unknown error"
@@ -378,7 +345,7 @@ def build_impaired(state: WatchState, ctx: NoticeContext, *, poll_interval: floa
     )
     text = clip(
         f"Watching for stale key-pair tasks is impaired: {state.failures} scans failed",
-        _FALLBACK_TEXT,
+        FALLBACK_TEXT_MAX,
     )
     return Message(
         text=text,
@@ -386,7 +353,7 @@ def build_impaired(state: WatchState, ctx: NoticeContext, *, poll_interval: floa
     )
 
 
-def build_recovered(state: WatchState, ctx: NoticeContext) -> Message:
+def build_recovered(state: WatchState, ctx: ViewContext) -> Message:
     """The one notice that watching works again, after how long."""
     since = state.failing_since
     took = f" after {format_duration(ctx.now - since)}" if since is not None else ""
@@ -408,7 +375,7 @@ def watch_problem(state: WatchState) -> str:
 # --- task lines -----------------------------------------------------------------------------------
 
 
-def _task_line(alert: Alert, ctx: NoticeContext, clips: _Clips) -> str:
+def _task_line(alert: Alert, ctx: ViewContext, clips: Clips) -> str:
     name = safe_text(alert.server_name, clips.name) or "(no name)"
     keypair = code_span(alert.keypair_name, clips.name)
     operation = safe_text(operation_label(alert.operate_type), clips.operation) or "operation"
@@ -426,7 +393,7 @@ def _task_line(alert: Alert, ctx: NoticeContext, clips: _Clips) -> str:
     return f"{mark} *{name}* · key pair {keypair} · {how} · task {task}"
 
 
-def _ending_words(alert: Alert, clips: _Clips) -> tuple[str, str]:
+def _ending_words(alert: Alert, clips: Clips) -> tuple[str, str]:
     ran = _ran(alert)
     outcome = alert.outcome
     if outcome is None:
@@ -466,8 +433,8 @@ def _ending_fallback(tasks: Sequence[Alert]) -> str:
         alert = tasks[0]
         name = safe_text(alert.server_name, 60) or "(no name)"
         if alert.outcome is None:
-            return clip(f"{name}: no longer running", _FALLBACK_TEXT)
-        return clip(f"{name}: {safe_text(status_label(alert.outcome), 80)}", _FALLBACK_TEXT)
+            return clip(f"{name}: no longer running", FALLBACK_TEXT_MAX)
+        return clip(f"{name}: {safe_text(status_label(alert.outcome), 80)}", FALLBACK_TEXT_MAX)
     return f"{len(tasks)} stale key-pair tasks have ended"
 
 
@@ -476,7 +443,7 @@ def _ending_fallback(tasks: Sequence[Alert]) -> str:
 
 def _pack(
     tasks: Sequence[Alert],
-    ctx: NoticeContext,
+    ctx: ViewContext,
     title: Callable[[int, int], str],
     *,
     fallback: str,
@@ -484,7 +451,7 @@ def _pack(
     """Split task lines over as few messages as fit Slack's limits, in order, none dropped."""
     if not tasks:
         return []
-    text = clip(escape(fallback), _FALLBACK_TEXT)
+    text = clip(escape(fallback), FALLBACK_TEXT_MAX)
     clips = _TIERS[0]
     lines = [section_block(_task_line(a, ctx, clips)) for a in tasks]
     # A title costs at most this much: one section of up to ~200 characters.
@@ -493,7 +460,7 @@ def _pack(
     current: list[Block] = []
     size = 0
     for block in lines:
-        cost = len(json.dumps(block, ensure_ascii=False)) + 2
+        cost = payload_chars(block) + 2
         if current and (len(current) >= _REPLY_BLOCKS or size + cost > budget):
             groups.append(current)
             current, size = [], 0
@@ -511,18 +478,6 @@ def _pack(
 
 
 # --- small pieces ---------------------------------------------------------------------------------
-
-
-def _where(ctx: NoticeContext, created_at: datetime) -> str:
-    parts = [f"Project {code_span(ctx.project_id, 100)}"]
-    if ctx.region:
-        parts.append(f"Region {code_span(ctx.region, 60)}")
-    parts.append(f"Noticed {format_date(created_at)}")
-    return " · ".join(parts)
-
-
-def _plural(count: int, word: str) -> str:
-    return word if count == 1 else word + "s"
 
 
 def _seconds(seconds: float) -> str:

@@ -15,7 +15,7 @@ import aiohttp
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.blocks import Message
+from bot.blockkit import Message
 
 log = logging.getLogger(__name__)
 

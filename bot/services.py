@@ -12,11 +12,10 @@ from datetime import UTC, datetime
 from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 
-from bot.blocks import PageContext
+from bot.blockkit import ViewContext
 from bot.config import Settings
 from bot.inflight import InFlight
 from bot.kps import KPSClient
-from bot.notices import NoticeContext
 from bot.replies import Replies
 from bot.store import Store
 
@@ -65,24 +64,13 @@ class Services:
     clock: Callable[[], datetime] = utc_now
     store: Store | None = None  # None when STALE_CHANNEL_ID is unset: no notices, no state
 
-    def page_context(self) -> PageContext:
-        """Project, region, staleness threshold and the time, for the page builders."""
-        now = self.clock()
-        return PageContext(
+    def view_context(self) -> ViewContext:
+        """Project, region, thresholds and the time, for the page and notice builders."""
+        return ViewContext(
             project_id=self.settings.project_id,
             region=self.settings.region,
-            fetched_at=now,
-            now=now,
-            stale_after=self.settings.stale_after,
-        )
-
-    def notice_context(self) -> NoticeContext:
-        """Project, region, thresholds and the time, for the stale-notice builders."""
-        return NoticeContext(
-            project_id=self.settings.project_id,
-            region=self.settings.region,
-            stale_after=self.settings.stale_after,
             now=self.clock(),
+            stale_after=self.settings.stale_after,
             renotify_after=self.settings.renotify_after,
         )
 

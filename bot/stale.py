@@ -4,33 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Final
 
-from bot.store import Alert, Ending, NoticeState, WatchState
-from bot.tasks import Task, TaskStatus
+from bot.alerts import Alert, Ending, NoticeState, WatchState, task_order
+from bot.tasks import Task, TaskStatus, is_stale
 
 # KPS counts a READY_x task as queued and lists it under running-tasks; both mean "not ended".
 _NOT_ENDED: Final = frozenset({"RUNNING", "READY"})
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def stale_tasks(tasks: Iterable[Task], *, now: datetime, stale_after: timedelta) -> list[Task]:
     """Tasks running at least `stale_after`, oldest first; a task without a start time is not."""
-    found = [
-        task
-        for task in tasks
-        if task.started_at is not None and now - task.started_at >= stale_after
-    ]
+    found = [task for task in tasks if is_stale(task.started_at, now=now, stale_after=stale_after)]
     return sorted(found, key=task_order)
-
-
-def task_order(task: Task | Alert) -> tuple[bool, datetime, str]:
-    """Oldest first, tasks without a start last, the id breaking ties: one order everywhere."""
-    started = task.started_at
-    if started is not None and started.tzinfo is None:  # KPS times are UTC
-        started = started.replace(tzinfo=UTC)
-    return (started is None, started or _EPOCH, task.task_id)
 
 
 def newly_stale(stale: Sequence[Task], announced: Collection[str]) -> list[Task]:

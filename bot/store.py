@@ -27,6 +27,8 @@ from sqlalchemy.engine import RowMapping, make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from bot.alerts import Alert, Ending, Notice, NoticeState, WatchState
+
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION: Final = 1
@@ -147,66 +149,6 @@ class StoreError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Alert:
-    """One stale task as it was announced, and how it ended once it did."""
-
-    task_id: str
-    notice_id: int
-    server_name: str
-    server_id: str
-    keypair_name: str
-    operate_type: str
-    started_at: datetime | None
-    announced_at: datetime
-    finished_at: datetime | None = None
-    outcome: str | None = None
-    error_code: str | None = None
-    error_msg: str | None = None
-    missing_since: datetime | None = None
-
-    @property
-    def running(self) -> bool:
-        """True until a complete scan found the task gone and its ending was recorded."""
-        return self.finished_at is None
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """One channel message: a stale-task notice, or an impaired/recovered notice."""
-
-    id: int
-    kind: str
-    channel: str
-    ts: str | None
-    created_at: datetime
-    posted_at: datetime | None = None
-    acked_by: str | None = None
-    acked_at: datetime | None = None
-    snoozed_by: str | None = None
-    snoozed_until: datetime | None = None
-    reminded_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class NoticeState:
-    """A notice with every task it announced."""
-
-    notice: Notice
-    alerts: tuple[Alert, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Ending:
-    """How a task ended, as the watcher learned it from KPS (`outcome` None: unknown)."""
-
-    task_id: str
-    finished_at: datetime
-    outcome: str | None
-    error_code: str | None = None
-    error_msg: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class OutboxItem:
     """A Slack call still to make, with where its notice is (ts None: not posted yet)."""
 
@@ -219,17 +161,6 @@ class OutboxItem:
     channel: str
     notice_ts: str | None
     notice_kind: str
-
-
-@dataclass(frozen=True, slots=True)
-class WatchState:
-    """The watcher's failure streak, shared by every replica."""
-
-    failures: int = 0
-    failing_since: datetime | None = None
-    last_error: str | None = None
-    impaired: bool = False
-    last_ok_at: datetime | None = None
 
 
 class Store:

@@ -1,10 +1,11 @@
-"""KPS task data: the typed values the client returns and the words shown for them."""
+"""KPS task data: the typed values the client returns, the words shown for them, and staleness."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
+from typing import Final
 
 # The running-tasks page lists FAILED_RESET/FAILED_REPLACE/FAILED_UNBIND, its own example shows
 # RUNNING_RESET, Terraform documents a bare RUNNING, and the task-status API uses
@@ -18,6 +19,8 @@ _ACTIONS = {
     "BIND": "Bind key pair",
 }
 _PHASES = {"READY": "queued", "RUNNING": "running", "FAILED": "failed", "SUCCESS": "succeeded"}
+# Clock skew between KPS and the bot: a start this little in the future counts as "just started".
+_SKEW: Final = timedelta(seconds=60)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,3 +85,36 @@ def status_label(task_status: str) -> str:
     if not match:
         return task_status
     return f"{_ACTIONS[match.group(2)]} {_PHASES[match.group(1)]}"
+
+
+def as_utc(moment: datetime | None) -> datetime | None:
+    """The moment in UTC (naive times are taken as UTC, as KPS sends them); None if unusable."""
+    if moment is None:
+        return None
+    if moment.tzinfo is None:  # KPS times are UTC; a naive one was parsed without its zone
+        return moment.replace(tzinfo=UTC)
+    try:
+        return moment.astimezone(UTC)
+    except (OverflowError, ValueError):
+        return None
+
+
+def elapsed(started_at: datetime | None, now: datetime) -> timedelta | None:
+    """How long since `started_at`, never negative; None without a start or past the skew."""
+    start, end = as_utc(started_at), as_utc(now)
+    if start is None or end is None:
+        return None
+    try:
+        age = end - start
+    except OverflowError:
+        return None
+    if age < -_SKEW:
+        return None
+    return max(age, timedelta(0))
+
+
+def is_stale(started_at: datetime | None, *, now: datetime, stale_after: timedelta) -> bool:
+    """True when a task has run `stale_after` or longer; a task without a usable start is not."""
+    # The one rule the watcher, the pages and the Home tab apply, so they never disagree.
+    age = elapsed(started_at, now)
+    return age is not None and age >= stale_after

@@ -29,10 +29,11 @@ import aiohttp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.alerts import Alert
+from bot.blockkit import ViewContext
 from bot.errors import KPSAPIError, KPSError
 from bot.kps import MAX_LIMIT, KPSClient, Snapshot
 from bot.notices import (
-    NoticeContext,
     build_detail_replies,
     build_ending_replies,
     build_impaired,
@@ -52,7 +53,7 @@ from bot.stale import (
     stale_tasks,
 )
 from bot.stale import lease_ttl as default_lease_ttl
-from bot.store import POST, REPLY, UPDATE, Alert, OutboxItem, Store
+from bot.store import POST, REPLY, UPDATE, OutboxItem, Store
 from bot.tasks import TaskStatus
 
 log = logging.getLogger(__name__)
@@ -306,9 +307,9 @@ class Watcher:
         reminded = await self._remind(now)
         return ScanResult(ok=True, announced=announced, ended=ended, reminded=reminded)
 
-    def context(self, now: datetime) -> NoticeContext:
+    def context(self, now: datetime) -> ViewContext:
         """What the notice builders need to know, at `now`."""
-        return NoticeContext(
+        return ViewContext(
             project_id=self._project_id,
             region=self._region,
             stale_after=self._stale_after,

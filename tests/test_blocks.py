@@ -12,6 +12,16 @@ import pytest
 from slack_sdk.models.blocks import Block
 from slack_sdk.models.views import View
 
+from bot.blockkit import (
+    BadButtonValue,
+    Message,
+    ViewContext,
+    clip,
+    escape,
+    format_age,
+    format_date,
+    format_duration,
+)
 from bot.blocks import (
     ACTION_LIST,
     ACTION_NEXT,
@@ -21,22 +31,14 @@ from bot.blocks import (
     ACTION_SHARE,
     MAX_QUERY_CHARS,
     PAGING_ACTIONS,
-    BadButtonValue,
     HomeSummary,
-    Message,
-    PageContext,
     PageRef,
     build_error,
     build_help,
     build_home,
-    build_notice,
+    build_line,
     build_page,
     build_usage_error,
-    clip,
-    escape,
-    format_age,
-    format_date,
-    format_duration,
 )
 from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
 from bot.tasks import Task
@@ -169,7 +171,7 @@ def task(n: int = 1, **changes: Any) -> Task:
     return Task(**values)
 
 
-def context(**changes: Any) -> PageContext:
+def context(**changes: Any) -> ViewContext:
     values: dict[str, Any] = {
         "project_id": PROJECT,
         "region": "cn-north-4",
@@ -178,7 +180,7 @@ def context(**changes: Any) -> PageContext:
         "stale_after": timedelta(minutes=30),
     }
     values.update(changes)
-    return PageContext(**values)
+    return ViewContext(**values)
 
 
 def page(offset: int, count: int, total: int, *, query: str = "", size: int = 10) -> Message:
@@ -691,15 +693,15 @@ def test_usage_error_quotes_the_text_safely_and_shows_usage() -> None:
 
 
 def test_notice_is_one_escaped_section() -> None:
-    message = build_notice("Something went wrong on our side <!here>")
+    message = build_line("Something went wrong on our side <!here>")
     assert_valid_message(message)
     assert len(message.blocks) == 1
     assert message.text == "Something went wrong on our side &lt;!here&gt;"
 
 
-def test_notice_needs_words() -> None:
+def test_line_needs_words() -> None:
     with pytest.raises(ValueError):
-        build_notice("  \n ")
+        build_line("  \n ")
 
 
 def test_message_guards_slack_limits() -> None:
@@ -713,7 +715,7 @@ def test_message_guards_slack_limits() -> None:
 
 
 def test_payload_is_a_copy() -> None:
-    message = build_notice("hello")
+    message = build_line("hello")
     payload = message.as_payload()
     payload["blocks"][0]["text"]["text"] = "changed"
     assert message.as_payload()["blocks"][0]["text"]["text"] == "hello"

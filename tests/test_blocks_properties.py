@@ -9,6 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bot.blockkit import BadButtonValue, ViewContext, clip, escape
 from bot.blocks import (
     ACTION_NEXT,
     ACTION_PREVIOUS,
@@ -17,17 +18,13 @@ from bot.blocks import (
     MAX_OFFSET,
     MAX_PAGE_SIZE,
     MAX_QUERY_CHARS,
-    BadButtonValue,
     HomeSummary,
-    PageContext,
     PageRef,
     build_error,
     build_home,
-    build_notice,
+    build_line,
     build_page,
     build_usage_error,
-    clip,
-    escape,
 )
 from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
 from bot.tasks import Task
@@ -89,7 +86,7 @@ refs = st.builds(
     query=queries,
 )
 contexts = st.builds(
-    PageContext,
+    ViewContext,
     project_id=kps_text,
     region=st.one_of(st.none(), kps_text),
     fetched_at=nows,
@@ -110,7 +107,7 @@ def pages(draw: st.DrawFn) -> tuple[list[Task], int, PageRef]:
 @SETTINGS
 @given(page=pages(), ctx=contexts, shared_by=shared)
 def test_any_page_is_valid_escaped_and_within_limits(
-    page: tuple[list[Task], int, PageRef], ctx: PageContext, shared_by: str | None
+    page: tuple[list[Task], int, PageRef], ctx: ViewContext, shared_by: str | None
 ) -> None:
     shown, total, ref = page
     message = build_page(shown, total=total, ref=ref, ctx=ctx, shared_by=shared_by)
@@ -132,7 +129,7 @@ def test_any_page_is_valid_escaped_and_within_limits(
 
 @SETTINGS
 @given(names=st.lists(huge_text, min_size=5, max_size=5), query=queries, ctx=contexts)
-def test_twenty_huge_tasks_fit(names: list[str], query: str, ctx: PageContext) -> None:
+def test_twenty_huge_tasks_fit(names: list[str], query: str, ctx: ViewContext) -> None:
     big = Task(names[0], names[1], ctx.now, names[2], names[3], names[4])
     ref = PageRef(offset=MAX_OFFSET - 40, page_size=MAX_PAGE_SIZE, query=query)
     message = build_page([big] * MAX_PAGE_SIZE, total=MAX_OFFSET, ref=ref, ctx=ctx)
@@ -223,7 +220,7 @@ def test_any_error_message_is_valid_and_escaped(
 def test_usage_errors_and_notices_are_valid_and_escaped(text: str) -> None:
     assert_valid_message(build_usage_error(text))
     if escape(text).strip():
-        assert_valid_message(build_notice(text))
+        assert_valid_message(build_line(text))
 
 
 @SETTINGS
@@ -244,7 +241,7 @@ def test_any_home_view_is_valid_and_escaped(
     fetched_at: datetime | None,
     problems: tuple[str, ...],
     error: KPSError | None,
-    ctx: PageContext,
+    ctx: ViewContext,
     page_size: int,
 ) -> None:
     summary = HomeSummary(running, stale, oldest, fetched_at, problems, error)

@@ -24,6 +24,7 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from bot.app import Runtime, build_runtime
+from bot.blockkit import BadButtonValue
 from bot.blocks import (
     ACTION_LIST,
     ACTION_NEXT,
@@ -31,7 +32,6 @@ from bot.blocks import (
     ACTION_REFRESH,
     ACTION_RETRY,
     ACTION_SHARE,
-    BadButtonValue,
     PageRef,
 )
 from bot.config import SECRET_VARIABLES, SETTING_VARIABLES, Settings, SettingsError, load_settings

@@ -10,7 +10,14 @@ import httpx
 import pytest
 
 from bot.auth import StaticTokenAuth
-from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSTimeout
+from bot.errors import (
+    KPSAPIError,
+    KPSBadResponse,
+    KPSConnectionError,
+    KPSTimeout,
+    decode_error,
+    request_id_of,
+)
 from bot.kps import KPSClient, RetryPolicy
 from bot.secret import Secret
 from bot.simulator import Fault, RecordedRequest, Simulator, seed_tasks
@@ -292,3 +299,21 @@ async def test_requests_beyond_the_gate_wait_their_turn(sim: Simulator) -> None:
     # Arrival times come in pairs: never more than two requests at KPS at once.
     arrivals = sorted(r.time for r in sim.requests)
     assert arrivals[2] - arrivals[0] >= 0.09 and arrivals[4] - arrivals[2] >= 0.09
+
+
+def test_the_error_decoder_reads_raw_parts_without_a_client() -> None:
+    # gidgethub's decipher_response shape: status, headers, body; header names match any case.
+    body = b'{"error_code":"KPS.0002","error_msg":"parameter error"}'
+    error = decode_error(400, {"x-request-id": "req-1"}, body)
+    assert (error.status, error.error_code, error.error_msg) == (400, "KPS.0002", "parameter error")
+    assert error.request_id == "req-1"
+    nested = b'{"error":{"code":"401","message":"wrong","title":"Unauthorized"},"request_id":"r2"}'
+    iam = decode_error(401, {}, nested, service="IAM")
+    assert (iam.service, iam.error_msg, iam.request_id) == ("IAM", "Unauthorized: wrong", "r2")
+    assert decode_error(502, {}, b"<html>bad gateway</html>").error_msg == (
+        "Bad Gateway (HTML error page)"
+    )
+    assert decode_error(502, {}, b"", reason="Upstream Down").error_msg == "Upstream Down"
+    assert decode_error(599, {}, b"").error_msg == "no body"
+    assert request_id_of({"X-Openstack-Request-Id": "os-1"}) == "os-1"
+    assert request_id_of({}) is None

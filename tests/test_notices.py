@@ -12,13 +12,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.blocks import BadButtonValue, Message
+from bot.alerts import Alert, Notice, NoticeState, WatchState
+from bot.blockkit import BadButtonValue, Message, ViewContext
 from bot.notices import (
     ACTION_ACK,
     ACTION_STALE_LIST,
     NOTICE_SHOWN,
     SNOOZE_ACTIONS,
-    NoticeContext,
     NoticeRef,
     build_detail_replies,
     build_ending_replies,
@@ -28,12 +28,11 @@ from bot.notices import (
     build_reminder,
     build_stale_notice,
 )
-from bot.store import Alert, Notice, NoticeState, WatchState
 from tests.test_blocks import assert_valid_message
 from tests.test_blocks_properties import SETTINGS, kps_text, short_text
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
-CTX = NoticeContext(
+CTX = ViewContext(
     project_id="0f1e2d3c4b5a69788796a5b4c3d2e1f0",
     region="cn-north-4",
     stale_after=timedelta(minutes=30),
@@ -277,6 +276,14 @@ def test_notice_ref_round_trip_and_refusals() -> None:
         '{"v":1,"n":1,"x":1}',
         '{"v":1,"n":1,"o":-1}',
         "x" * 3000,
+        # The one strict codec: what PageRef refuses, NoticeRef refuses too.
+        '{"v":1,"n":1,"n":2}',
+        '{"v":true,"n":1}',
+        '{"v":1.0,"n":1}',
+        '{"v":1,"n":1,"r":"yes"}',
+        '{"v":1,"n":1,"r":2}',
+        '{"v":1,"n":1,"h":4.0}',
+        '{"v":1}',
     ):
         with pytest.raises(BadButtonValue):
             NoticeRef.parse(bad)
@@ -334,7 +341,7 @@ def states(draw: st.DrawFn) -> NoticeState:
 
 
 contexts = st.builds(
-    NoticeContext,
+    ViewContext,
     project_id=kps_text,
     region=st.one_of(st.none(), kps_text),
     stale_after=st.timedeltas(min_value=timedelta(minutes=1), max_value=timedelta(days=30)),
@@ -353,7 +360,7 @@ def ids_in(messages: list[Message]) -> set[str]:
 @SETTINGS
 @given(states(), contexts)
 def test_every_notice_message_is_valid_and_loses_no_task(
-    state: NoticeState, ctx: NoticeContext
+    state: NoticeState, ctx: ViewContext
 ) -> None:
     notice = build_stale_notice(state, ctx)
     assert_valid_message(notice)
@@ -384,7 +391,7 @@ def test_health_notices_are_valid(
     failures: int,
     since: datetime | None,
     error: str | None,
-    ctx: NoticeContext,
+    ctx: ViewContext,
     poll: float,
 ) -> None:
     state = WatchState(failures=failures, failing_since=since, last_error=error)

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from bot.alerts import Alert, Notice, NoticeState, WatchState
+from bot.blockkit import ViewContext
+from bot.blocks import HomeSummary, PageRef, build_home, build_page
+from bot.listing import census
 from bot.stale import (
     Finding,
     as_alert,
@@ -16,7 +23,6 @@ from bot.stale import (
     reconcile,
     stale_tasks,
 )
-from bot.store import Alert, Notice, NoticeState, WatchState
 from bot.tasks import Task, TaskStatus
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -140,3 +146,26 @@ def test_impaired_once_the_streak_reaches_the_threshold() -> None:
 def test_lease_lasts_three_polls_and_at_least_five_seconds() -> None:
     assert lease_ttl(60) == 180
     assert lease_ttl(1) == 5
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+@pytest.mark.parametrize("naive", [False, True])
+def test_watcher_page_and_home_agree_at_the_threshold(offset: int, naive: bool) -> None:
+    # One rule (bot.tasks.is_stale) behind all three surfaces: a task one second either side of
+    # STALE_AFTER is stale everywhere or nowhere. KPS times may arrive naive (taken as UTC).
+    started = NOW - THIRTY - timedelta(seconds=offset)
+    if naive:
+        started = started.replace(tzinfo=None)
+    t = Task("edge", "RUNNING_RESET", started, "web-01", "srv-edge", "kp-ops")
+    expected = offset >= 0
+    ctx = ViewContext(project_id="p", region=None, now=NOW, stale_after=THIRTY)
+
+    watcher = bool(stale_tasks([t], now=NOW, stale_after=THIRTY))
+    page = build_page([t], total=1, ref=PageRef(), ctx=ctx)
+    marked = ":warning: *stale*" in json.dumps(page.as_payload()["blocks"], ensure_ascii=False)
+    counts = census([t], now=NOW, stale_after=THIRTY)
+    home = build_home(HomeSummary(counts.running, counts.stale, counts.oldest, NOW), ctx)
+    home_count = f"*{int(expected)}* stale" in json.dumps(home["blocks"], ensure_ascii=False)
+
+    assert (watcher, marked, counts.stale == 1) == (expected, expected, expected)
+    assert home_count

@@ -9,12 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
+from bot.alerts import Alert, Ending
 from bot.store import (
     POST,
     REPLY,
     UPDATE,
-    Alert,
-    Ending,
     Store,
     StoreError,
     schema_version,

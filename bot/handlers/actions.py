@@ -9,8 +9,9 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.blocks import BadButtonValue, PageRef, build_notice
-from bot.handlers.pages import render_listing
+from bot.blockkit import BadButtonValue
+from bot.blocks import PageRef, build_line
+from bot.handlers.pages import page_message
 from bot.replies import ResponseType
 from bot.services import Services, acked
 
@@ -23,7 +24,7 @@ async def handle_page(
         ref = await _ref_or_complain(services, body, action)
         if ref is None:
             return
-        message = await render_listing(services, ref)
+        message = await page_message(services, ref)
         # Each click carries a fresh response_url, and replacing through it also works on the
         # ephemeral pages that chat.update cannot edit (research/slack-bolt.md §1). A shared page
         # or a threaded answer must stay visible to everyone.
@@ -45,7 +46,7 @@ async def handle_share(
         user = body.get("user", {}).get("id")
         if isinstance(user, str) and user:
             ref = replace(ref, shared_by=user)
-        message = await render_listing(services, ref)
+        message = await page_message(services, ref)
         # An in_channel response needs no channel membership, unlike chat.postMessage.
         await services.replies.send(body["response_url"], message, response_type="in_channel")
 
@@ -63,7 +64,7 @@ async def handle_list(
         user = body.get("user", {}).get("id")
         if ref is None or not isinstance(user, str):
             return
-        message = await render_listing(services, ref)
+        message = await page_message(services, ref)
         await client.chat_postMessage(channel=user, **message.as_payload())
 
 
@@ -75,6 +76,6 @@ async def _ref_or_complain(
     except BadButtonValue as error:
         url = body.get("response_url")
         if isinstance(url, str):
-            notice = build_notice(f"That button could not be read ({error}). Run `/kps` again.")
+            notice = build_line(f"That button could not be read ({error}). Run `/kps` again.")
             await services.replies.send(url, notice)
         return None

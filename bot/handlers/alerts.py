@@ -16,7 +16,9 @@ from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.blocks import BadButtonValue, Message, build_notice
+from bot.alerts import NoticeState
+from bot.blockkit import BadButtonValue, Message
+from bot.blocks import build_line
 from bot.notices import (
     NoticeRef,
     build_notice_list,
@@ -25,7 +27,7 @@ from bot.notices import (
     build_unknown_notice,
 )
 from bot.services import Services, acked
-from bot.store import NoticeState, Store
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,7 @@ async def handle_snooze(
             return
         ref, store = found
         if not ref.hours:
-            await _answer(services, body, build_notice("That snooze button could not be read."))
+            await _answer(services, body, build_line("That snooze button could not be read."))
             return
         now = services.clock()
         until = now + timedelta(hours=ref.hours)
@@ -82,7 +84,7 @@ async def handle_stale_list(
         if state is None or not state.alerts:
             await _answer(services, body, build_unknown_notice())
             return
-        message = build_notice_list(state, services.notice_context(), offset=ref.offset)
+        message = build_notice_list(state, services.view_context(), offset=ref.offset)
         await _answer(services, body, message, replace=ref.replace)
 
 
@@ -92,7 +94,7 @@ async def _notice_and_store(
     try:
         ref = NoticeRef.parse(action.get("value"))
     except BadButtonValue as error:
-        await _answer(services, body, build_notice(f"That button could not be read ({error})."))
+        await _answer(services, body, build_line(f"That button could not be read ({error})."))
         return None
     if services.store is None:
         await _answer(services, body, build_notices_off())
@@ -109,7 +111,7 @@ async def _redraw(
     if state is None or not state.alerts:
         await _answer(services, body, build_unknown_notice())
         return
-    message = build_stale_notice(state, services.notice_context())
+    message = build_stale_notice(state, services.view_context())
     container = body.get("container") or {}
     channel = state.notice.channel or container.get("channel_id")
     ts = state.notice.ts or container.get("message_ts")

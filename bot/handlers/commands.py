@@ -8,7 +8,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 from slack_bolt.context.async_context import AsyncBoltContext
 
 from bot.blocks import PageRef, build_help, build_usage_error
-from bot.handlers.pages import render_listing
+from bot.handlers.pages import page_message
 from bot.intent import ListTasks, ShowHelp, parse_command
 from bot.services import acked
 
@@ -27,5 +27,5 @@ async def handle_kps(ack: AsyncAck, command: dict[str, Any], context: AsyncBoltC
     # Ack first: Slack gives up after 3 seconds and KPS may be slower than that.
     async with acked(ack, context) as services:
         ref = PageRef(offset=0, page_size=services.settings.page_size, query=intent.query)
-        message = await render_listing(services, ref)
+        message = await page_message(services, ref)
         await services.replies.send(command["response_url"], message)

@@ -10,7 +10,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import HomeSummary, PageRef, build_help, build_home, build_usage_error
 from bot.errors import KPSError
-from bot.handlers.pages import render_listing
+from bot.handlers.pages import page_message
 from bot.intent import ListTasks, ShowHelp, parse_mention
 from bot.listing import census
 from bot.services import Services, services_of
@@ -30,7 +30,7 @@ async def handle_mention(
         intent = parse_mention(event.get("text"))
         if isinstance(intent, ListTasks):
             ref = PageRef(offset=0, page_size=services.settings.page_size, query=intent.query)
-            message = await render_listing(services, ref)
+            message = await page_message(services, ref)
         elif isinstance(intent, ShowHelp):
             message = build_help()
         else:
@@ -50,7 +50,7 @@ async def handle_home(
         return
     services = services_of(context)
     async with services.inflight.hold():
-        ctx = services.page_context()
+        ctx = services.view_context()
         error: KPSError | None = None
         try:
             snapshot = await services.kps.walk_running_tasks()
