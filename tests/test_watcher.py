@@ -377,7 +377,7 @@ async def test_an_unhealable_slack_error_is_logged_once_and_shown_as_a_problem(
     watcher = make_watcher(store, kps_client, slack_client, clock=clock, refused_retry=60)
     await watcher.scan()
     slack.fail_next("chat.postMessage", status=200, error="channel_not_found", times=2)
-    with caplog.at_level(logging.ERROR, logger="bot.watcher"):
+    with caplog.at_level(logging.ERROR, logger="bot.outbox"):
         assert await watcher.deliver() == 0
         clock.advance(30)
         assert await watcher.deliver() == 0  # waiting, Slack not asked
