@@ -207,8 +207,11 @@ class Watcher:
             return  # a standby's failure is its own: /healthz shows it, the channel need not
         try:
             await self._scanner.failed(self._clock(), f"the watcher failed ({self._step_error})")
+            # The step may fail before delivery on every poll: what waits goes out regardless,
+            # the impaired notice among it.
+            await self._outbox.deliver()
         except Exception:  # most likely the same lost database: /healthz still says it
-            log.warning("could not count the failed step in the store", exc_info=True)
+            log.warning("could not count the failed step or deliver after it", exc_info=True)
 
     @contextlib.asynccontextmanager
     async def _keepalive(self) -> AsyncIterator[None]:
