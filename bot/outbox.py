@@ -266,7 +266,8 @@ class Outbox:
         outcome = classify(status, code, retry_after)
         if outcome is Outcome.RATE_LIMITED:
             # Slack warns that posting on while rate-limited can get an app disabled: pause all.
-            wait = retry_after if retry_after is not None else _RATE_LIMIT_WAIT
+            # A Retry-After of hours (a proxy's, say) is capped: one call then asks again.
+            wait = min(retry_after if retry_after is not None else _RATE_LIMIT_WAIT, MAX_BACKOFF)
             self._paused_until = self._clock() + timedelta(seconds=wait)
             await self._retry_later(item, why, wait)
         elif outcome is Outcome.CHANNEL_REFUSED:

@@ -217,3 +217,19 @@ async def test_an_unknown_slack_error_is_retried_not_dropped(
     clock.advance(1.5)
     assert await watcher.deliver() == 1
     assert len(top_level(slack)) == 1
+
+
+async def test_a_retry_after_of_a_day_pauses_sending_five_minutes_at_most(
+    empty_sim: Simulator, slack: FakeSlack, store: Store, kps_client: KPSClient, slack_client: Any
+) -> None:
+    add_stale(empty_sim, 1)
+    clock = Clock()
+    watcher = make_watcher(store, kps_client, slack_client, clock=clock)
+    await watcher.scan()
+    slack.fail_next("chat.postMessage", status=429, retry_after=86_400)
+    assert await watcher.deliver() == 0
+    clock.advance(MAX_BACKOFF - 10)
+    assert await watcher.deliver() == 0  # still paused: Slack is not asked
+    assert len(slack.calls_to("chat.postMessage")) == 1
+    clock.advance(11)
+    assert await watcher.deliver() == 1
