@@ -27,9 +27,10 @@ from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings, TokenAu
 from bot.kps import KPSClient, RetryPolicy
 from bot.logs import correlation_id, new_correlation_id, register_secret
 from bot.replies import Replies
+from bot.scan import Notices
 from bot.services import CONTEXT_KEY, Services
 from bot.store import Store
-from bot.watcher import Watcher
+from bot.watcher import Pace, Watcher
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +147,14 @@ def build_runtime(
             store=store,
             kps=kps,
             slack=slack,
-            channel=channel,
-            project_id=settings.project_id,
-            region=settings.region,
-            stale_after=settings.stale_after,
-            poll_interval=settings.poll_interval,
-            renotify_after=settings.renotify_after,
+            notices=Notices(
+                channel=channel,
+                project_id=settings.project_id,
+                region=settings.region,
+                stale_after=settings.stale_after,
+                renotify_after=settings.renotify_after,
+            ),
+            pace=Pace(poll_interval=settings.poll_interval),
         )
     app = build_app(settings, slack, services)
     return Runtime(settings, app, services, slack, http, session, store, watcher)

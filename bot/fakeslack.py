@@ -36,6 +36,13 @@ _JSON_ARGS: Final = ("blocks", "attachments", "view", "metadata")
 # Slack: a response_url "can be used up to 5 times within 30 minutes" (slash-command docs).
 _RESPONSE_URL_USES: Final = 5
 _DEFAULT_ERRORS: Final = {429: "ratelimited", 503: "service_unavailable"}
+# What a proxy or a broken Slack may answer instead of Slack's JSON (fail_next's `body`).
+ODD_BODIES: Final[Mapping[str, tuple[str, str]]] = {
+    "html": ("text/html", "<!DOCTYPE html><html><body><h1>502 Bad Gateway</h1></body></html>"),
+    "garbage": ("application/json", '{"ok": tru'),
+    "text": ("text/plain", "upstream connect error or disconnect/reset before headers"),
+    "array": ("application/json", '["ok"]'),
+}
 
 # A user id as chat.postMessage's channel means the app's DM with that user (Slack docs).
 _USER_ID: Final = re.compile(r"[UW][A-Z0-9]{2,}")
@@ -67,11 +74,19 @@ class Call:
 class _Refusal(Exception):
     """An answer other than success: a Slack error, a 429 or a 5xx."""
 
-    def __init__(self, error: str, *, status: int = 200, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        error: str,
+        *,
+        status: int = 200,
+        retry_after: float | None = None,
+        body: str | None = None,
+    ) -> None:
         super().__init__(error)
         self.error = error
         self.status = status
         self.retry_after = retry_after
+        self.body = body  # a key of ODD_BODIES: answer that instead of Slack's JSON
 
     def headers(self) -> dict[str, str]:
         if self.status != 429 or self.retry_after is None:
@@ -87,6 +102,7 @@ class _Failure:
     retry_after: float | None
     error: str
     remaining: int
+    body: str | None = None
 
 
 @dataclass(eq=False)
@@ -298,20 +314,25 @@ class FakeSlack:
         retry_after: float | None = 1,
         error: str | None = None,
         times: int = 1,
+        body: str | None = None,
     ) -> None:
         """Answer the next `times` calls of `method` (or "response_url") with this failure.
 
         429 carries `Retry-After` (whole seconds, rounded up) and `ratelimited`; 5xx carries an
         error body; 200 needs a Slack `error` such as `channel_not_found` or `invalid_auth`.
+        `body` (a key of ODD_BODIES: html, garbage, text, array) answers that instead of JSON.
         """
         if times < 1:
             raise ValueError("times must be at least 1")
         if status != 200 and status < 400:
             raise ValueError(f"status {status} is neither 200, 429 nor an HTTP error")
+        if body is not None and body not in ODD_BODIES:
+            raise ValueError(f"body must be one of {sorted(ODD_BODIES)}")
         chosen = error or _DEFAULT_ERRORS.get(status) or ("internal_error" if status >= 500 else "")
+        chosen = chosen or (f"{body} body" if body else "")
         if not chosen:
             raise ValueError(f"status {status} needs an error, e.g. channel_not_found")
-        failure = _Failure(status, retry_after, chosen, times)
+        failure = _Failure(status, retry_after, chosen, times, body)
         self._failures.setdefault(method, deque()).append(failure)
 
     def thread(self, channel: str, ts: str) -> list[dict[str, Any]]:
@@ -391,6 +412,14 @@ class FakeSlack:
             body = handler(args) if handler is not None else {"ok": True}
         except _Refusal as refusal:
             self._record(method, args, token, request.path, refusal.status, refusal.error)
+            if refusal.body is not None:
+                content_type, text = ODD_BODIES[refusal.body]
+                return web.Response(
+                    text=text,
+                    status=refusal.status,
+                    content_type=content_type,
+                    headers=refusal.headers(),
+                )
             return web.json_response(
                 {"ok": False, "error": refusal.error},
                 status=refusal.status,
@@ -417,7 +446,12 @@ class FakeSlack:
         failure.remaining -= 1
         if failure.remaining == 0:
             queue.popleft()
-        raise _Refusal(failure.error, status=failure.status, retry_after=failure.retry_after)
+        raise _Refusal(
+            failure.error,
+            status=failure.status,
+            retry_after=failure.retry_after,
+            body=failure.body,
+        )
 
     def _throttle(self, args: dict[str, Any]) -> None:
         # Slack allows about one chat.postMessage per second per channel, with short bursts
@@ -713,6 +747,7 @@ class FakeSlack:
                 retry_after=spec.get("retry_after", 1),
                 error=spec.get("error"),
                 times=int(spec.get("times", 1)),
+                body=spec.get("body"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             return web.json_response({"ok": False, "error": str(exc)}, status=400)

@@ -8,9 +8,11 @@ import signal
 
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import Runtime, build_runtime
 from bot.config import Settings
+from bot.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -19,20 +21,25 @@ DRAIN_SECONDS = 25.0  # Heroku and Kubernetes both allow about 30 s between SIGT
 
 
 def build_web_app(runtime: Runtime, stopping: asyncio.Event) -> web.Application:
-    """Bolt's aiohttp app for `/slack/events` plus `GET /healthz`."""
+    """Bolt's aiohttp app for `/slack/events` plus `GET /healthz` (503 while the watcher fails)."""
     web_app = runtime.app.web_app(path=SLACK_PATH)
 
     async def healthz(_: web.Request) -> web.Response:
         if stopping.is_set():
             return web.json_response({"status": "stopping"}, status=503)
-        body = {
-            "status": "ok",
+        watcher = runtime.watcher
+        problem = watcher.problem if watcher is not None else None
+        body: dict[str, object] = {
+            "status": "ok" if problem is None else "impaired",
             "mode": "http",
             "in_flight": runtime.services.inflight.count,
             # off, standby (another replica watches) or leader
-            "watcher": runtime.watcher.role if runtime.watcher is not None else "off",
+            "watcher": watcher.role if watcher is not None else "off",
         }
-        return web.json_response(body)
+        if problem is not None:
+            # A watcher whose every step fails watches nothing: say so to whoever probes.
+            body["problem"] = problem
+        return web.json_response(body, status=200 if problem is None else 503)
 
     web_app.router.add_get("/healthz", healthz)
     return web_app
@@ -59,8 +66,9 @@ async def serve(
     try:
         try:
             await runtime.start()
-        except Exception as error:
-            # Most likely STATE_URL: a database that does not answer or refuses the login.
+        except (StoreError, SQLAlchemyError, OSError) as error:
+            # STATE_URL: a database that does not answer, refuses the login or cannot be
+            # created. Anything else is a bug and goes up whole, with its traceback.
             log.error(
                 "cannot open the state store (STATE_URL): %s",
                 f"{type(error).__name__}: {error}"[:500],

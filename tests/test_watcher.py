@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
@@ -15,9 +19,11 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.app import slack_retry_handlers
 from bot.fakeslack import FakeSlack
 from bot.kps import KPSClient
+from bot.secret import Secret
+from bot.server import serve
 from bot.simulator import Fault, RecordedRequest, Simulator
 from bot.store import Store
-from tests.conftest import ALERTS, PROJECT
+from tests.conftest import ALERTS, PROJECT, make_settings
 from tests.watching import (
     Clock,
     add_stale,
@@ -377,7 +383,7 @@ async def test_an_unhealable_slack_error_is_logged_once_and_shown_as_a_problem(
     watcher = make_watcher(store, kps_client, slack_client, clock=clock, refused_retry=60)
     await watcher.scan()
     slack.fail_next("chat.postMessage", status=200, error="channel_not_found", times=2)
-    with caplog.at_level(logging.ERROR, logger="bot.watcher"):
+    with caplog.at_level(logging.ERROR, logger="bot.outbox"):
         assert await watcher.deliver() == 0
         clock.advance(30)
         assert await watcher.deliver() == 0  # waiting, Slack not asked
@@ -462,3 +468,120 @@ async def test_the_loop_survives_an_error_and_gives_the_lease_up_on_stop(
     assert "a bug in a scan" in str(failures[0].exc_info[1])
     assert watcher.role == "stopped"
     assert await store.lease_holder(now=Clock()()) is None
+
+
+# --- a failing step is seen in the channel and on /healthz; the start blames only the store
+
+
+async def test_a_step_that_always_raises_counts_toward_impaired_and_recovers(
+    empty_sim: Simulator,
+    slack: FakeSlack,
+    store: Store,
+    kps_client: KPSClient,
+    slack_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    add_stale(empty_sim, 1)
+    real_walk = kps_client.walk_running_tasks
+    broken = True
+
+    async def walk(**kwargs: Any) -> Any:
+        if broken:
+            raise RuntimeError("a poison record named secret-ish")
+        return await real_walk(**kwargs)
+
+    monkeypatch.setattr(kps_client, "walk_running_tasks", walk)
+    watcher = make_watcher(store, kps_client, slack_client)
+    watcher.start()
+    try:
+        await slack.wait_for("chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+        (impaired,) = top_level(slack)
+        assert "Watching for stale key-pair tasks is impaired" in shown(impaired)
+        assert "RuntimeError" in shown(impaired)
+        assert "secret-ish" not in shown(impaired)  # only the type leaves the process
+        assert watcher.problem is not None and "RuntimeError" in watcher.problem
+        (problem,) = await store.problems()
+        assert "impaired" in problem
+
+        broken = False
+        await slack.wait_for("chat.postMessage", 3, timeout=10, where=lambda c: c.ok)
+    finally:
+        await watcher.stop()
+    assert watcher.problem is None
+    notices = [shown(n) for n in top_level(slack)]
+    assert sum("is impaired" in n for n in notices) == 1
+    assert sum("tasks works again" in n for n in notices) == 1
+    assert sum("key-pair task is stale" in n for n in notices) == 1
+    assert await store.problems() == []
+
+
+def _sqlite(path: str, statement: str) -> None:
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        conn.execute(statement)
+
+
+async def test_healthz_says_when_the_watcher_step_keeps_failing_and_when_it_works_again(
+    bot_factory: Callable[..., Any], empty_sim: Simulator, slack: FakeSlack, state_url: str
+) -> None:
+    add_stale(empty_sim, 1)
+    bot = await bot_factory(stale_channel_id=ALERTS, state_url=Secret(state_url), poll_interval=0.1)
+    await slack.wait_for("chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+    path = state_url.removeprefix("sqlite+aiosqlite:///")
+    # The lease table gone: every step fails in hold_lease, before any scan (a store broken
+    # under the bot, as a full disk or a wrong migration leaves it).
+    await asyncio.to_thread(_sqlite, path, "ALTER TABLE kps_lease RENAME TO kps_lease_away")
+
+    async with httpx.AsyncClient(timeout=5) as http:
+
+        async def health() -> tuple[int, dict[str, Any]]:
+            answer = await http.get(bot.url + "/healthz")
+            return answer.status_code, answer.json()
+
+        async def until(status: int) -> dict[str, Any]:
+            for _ in range(200):
+                code, body = await health()
+                if code == status:
+                    return body
+                await asyncio.sleep(0.05)
+            raise AssertionError(f"/healthz never answered {status}; last {code} {body}")
+
+        impaired = await until(503)
+        assert impaired["status"] == "impaired" and impaired["watcher"] == "leader"
+        assert "OperationalError" in impaired["problem"]
+        await slack.wait_for("chat.postMessage", 2, timeout=10, where=lambda c: c.ok)
+        assert "is impaired" in shown(top_level(slack)[1])
+
+        await asyncio.to_thread(_sqlite, path, "ALTER TABLE kps_lease_away RENAME TO kps_lease")
+        healthy = await until(200)
+        assert healthy["status"] == "ok" and "problem" not in healthy
+    await slack.wait_for("chat.postMessage", 3, timeout=10, where=lambda c: c.ok)
+    assert "tasks works again" in shown(top_level(slack)[2])
+    assert await bot.shutdown() == 0
+
+
+async def test_a_state_store_that_cannot_be_opened_ends_the_start_with_one_line(
+    sim: Simulator, slack: FakeSlack, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'no-such-dir' / 'state.db'}"
+    settings = make_settings(sim, slack, stale_channel_id=ALERTS, state_url=Secret(url))
+    with caplog.at_level(logging.ERROR, logger="bot.server"):
+        assert await serve(settings, stop=asyncio.Event(), handle_signals=False) == 1
+    (line,) = [r for r in caplog.records if "cannot open the state store" in r.getMessage()]
+    assert "unable to open database file" in line.getMessage()
+
+
+async def test_a_bug_at_start_is_raised_whole_not_blamed_on_the_state_store(
+    sim: Simulator,
+    slack: FakeSlack,
+    state_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def migrate_with_a_bug(self: Store) -> None:
+        raise KeyError("a bug, not a database")
+
+    monkeypatch.setattr(Store, "migrate", migrate_with_a_bug)
+    settings = make_settings(sim, slack, stale_channel_id=ALERTS, state_url=Secret(state_url))
+    with pytest.raises(KeyError, match="a bug, not a database"):
+        await serve(settings, stop=asyncio.Event(), handle_signals=False)
+    assert not [r for r in caplog.records if "state store" in r.getMessage()]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -10,9 +11,11 @@ from typing import Any
 
 from bot.fakeslack import FakeSlack
 from bot.kps import KPSClient
+from bot.outbox import Delivery
+from bot.scan import Notices, ScanLimits
 from bot.simulator import SimTask, Simulator
 from bot.store import Store
-from bot.watcher import Watcher
+from bot.watcher import Pace, Watcher
 from tests.conftest import ALERTS, PROJECT
 
 
@@ -47,8 +50,8 @@ class Clock:
 
 
 def make_watcher(store: Store, kps: KPSClient, slack: Any, **changes: Any) -> Watcher:
-    """A watcher for the alerts channel with test-friendly timings."""
-    options: dict[str, Any] = {
+    """A watcher for the alerts channel with test-friendly timings; `changes` name any field."""
+    fields: dict[str, Any] = {
         "channel": ALERTS,
         "project_id": PROJECT,
         "region": "cn-north-4",
@@ -57,8 +60,22 @@ def make_watcher(store: Store, kps: KPSClient, slack: Any, **changes: Any) -> Wa
         "lease_ttl": 5.0,
         "claim_ttl": 2.0,
     }
-    options.update(changes)
-    return Watcher(store=store, kps=kps, slack=slack, **options)
+    fields.update(changes)
+
+    def pick(kind: type[Any]) -> Any:
+        names = {f.name for f in dataclasses.fields(kind)}
+        return kind(**{k: fields.pop(k) for k in list(fields) if k in names})
+
+    return Watcher(
+        store=store,
+        kps=kps,
+        slack=slack,
+        notices=pick(Notices),
+        pace=pick(Pace),
+        limits=pick(ScanLimits),
+        delivery=pick(Delivery),
+        **fields,  # holder, clock; anything else is a typo and fails here
+    )
 
 
 def top_level(slack: FakeSlack, channel: str = ALERTS) -> list[dict[str, Any]]:
