@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import re
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
@@ -603,3 +604,13 @@ def test_setting_variables_are_exactly_what_load_settings_reads() -> None:
     load_settings(Recording(env()))
 
     assert read == set(SETTING_VARIABLES)
+
+
+def test_license_file_matches_pyproject() -> None:
+    root = Path(__file__).resolve().parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"]
+    text = (root / "LICENSE").read_text()
+
+    assert declared == "MIT"
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 kps-bot developers\n")
+    assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text
