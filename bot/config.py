@@ -260,9 +260,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
     stale_channel_id = read.text("STALE_CHANNEL_ID")
     if stale_channel_id and not _CHANNEL_ID.fullmatch(stale_channel_id):
-        hint = "; use the ID from the channel's details, not its #name" * (
-            stale_channel_id.startswith("#")
-        )
+        named = stale_channel_id.startswith("#")
+        hint = "; use the ID from the channel's details, not its #name" if named else ""
         read.problem(
             "STALE_CHANNEL_ID must be a channel ID such as C0123456789 (starts with C or G)"
             f" (got {read.shown(stale_channel_id)}{hint})"
@@ -451,10 +450,12 @@ def _url_shown(value: str) -> str:
         parts = urlsplit(value)
     except ValueError:
         parts = None
-    if parts is None or not parts.scheme or not parts.hostname:
+    # A host without a dot is no endpoint anyone meant, and may be a pasted secret.
+    host = parts.hostname if parts is not None and parts.scheme else None
+    if parts is None or not host or ("." not in host and host != "localhost"):
         return f"{describe(value)}; value not shown"
     rest = ", with a query" if parts.query or parts.fragment else ""
-    return f"a URL with scheme {parts.scheme!r} and host {parts.hostname!r}{rest}"
+    return f"a URL with scheme {parts.scheme!r} and host {host!r}{rest}"
 
 
 def _auth(read: _Reader) -> AuthSettings | None:

@@ -606,6 +606,22 @@ def test_setting_variables_are_exactly_what_load_settings_reads() -> None:
     assert read == set(SETTING_VARIABLES)
 
 
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("ftp://kms.example.com/x?k=v", "a URL with scheme 'ftp' and host 'kms.example.com'"),
+        ("ftp://SKa1b2C3d4E5f6G7h8/", "25 characters: letters, digits and symbols"),
+        ("SKa1b2C3d4E5f6G7h8", "18 characters: letters and digits"),
+    ],
+)
+def test_a_rejected_url_shows_only_scheme_and_host(value: str, shown: str) -> None:
+    (problem,) = problems(env(KPS_ENDPOINT=value))
+
+    assert problem.startswith("KPS_ENDPOINT must be an http:// or https:// URL")
+    assert f"(got {shown}" in problem
+    assert "k=v" not in problem and "a1b2" not in problem.lower()
+
+
 def test_license_file_matches_pyproject() -> None:
     root = Path(__file__).resolve().parent.parent
     declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"]
