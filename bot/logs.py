@@ -84,10 +84,16 @@ class Redactor:
         self._exact: re.Pattern[str] | None = None
 
     def register(self, value: str) -> None:
-        """Hide this exact value, and its URL- and JSON-escaped forms, from now on."""
+        """Hide this exact value, and its URL-, JSON- and bytes-escaped forms, from now on."""
         if not value:
             return
-        forms = {value, quote(value, safe=""), json.dumps(value)[1:-1]}
+        # httpcore logs headers as bytes reprs, which escape quotes and non-ASCII their own way.
+        forms = {
+            value,
+            quote(value, safe=""),
+            json.dumps(value)[1:-1],
+            repr(value.encode())[2:-1],
+        }
         with self._lock:
             self._values |= forms
             # Longest first, so a secret that contains another is replaced whole.

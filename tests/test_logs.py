@@ -277,6 +277,18 @@ def test_registered_secrets_are_redacted_in_any_form(configure: Configure) -> No
     assert records[3]["detail"] == {"note": f"has {REDACTED} inside"}
 
 
+def test_registered_secret_is_redacted_as_a_logged_bytes_header(configure: Configure) -> None:
+    stream = configure("text")
+    secret = f"pä'ss-{secrets.token_hex(6)}"
+    register_secret(secret)
+
+    log.info("headers %s", [(b"X-Custom", secret.encode())])
+
+    output = stream.getvalue()
+    assert secret.split("-")[1] not in output
+    assert f"[(b'X-Custom', b\"{REDACTED}\")]" in output
+
+
 def secrets_fragment(secret: str) -> str:
     return secret.split(" ")[1].split("/")[0]
 
