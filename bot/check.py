@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TextIO
+from pathlib import Path
+from typing import Final, TextIO
+from urllib.parse import quote
 
 import aiohttp
+import sqlalchemy as sa
 from slack_sdk.errors import SlackApiError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.app import Runtime, build_runtime
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings
 from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
+from bot.store import SCHEMA_VERSION, Store, schema_version
+
+# Bolt switches to multi-workspace OAuth when both are in the process environment, even empty
+# (slack_bolt.app.async_app: `os.environ.get(...) is not None`), and then ignores the bot token.
+OAUTH_VARIABLES: Final = ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET")
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +35,18 @@ class CheckResult:
     warning: bool = False  # could not be decided; reported, but does not fail the check
 
 
-async def run_check(settings: Settings, out: TextIO) -> int:
-    """Print what works and what does not; 0 only when all is well."""
+async def run_check(
+    settings: Settings, out: TextIO, environ: Mapping[str, str] | None = None
+) -> int:
+    """Print what works and what does not; 0 only when all is well.
+
+    `environ` is the process environment Bolt reads (default `os.environ`), not the `.env` file.
+    """
+    results = [CheckResult(True, "settings are complete and well formed")]
+    if oauth := check_oauth_variables(os.environ if environ is None else environ):
+        results.append(oauth)
     runtime = build_runtime(settings)
     try:
-        results = [CheckResult(True, "settings are complete and well formed")]
         results.append(await check_kps(runtime))
         results.extend(await check_slack(runtime))
         if runtime.store is not None:
@@ -40,6 +59,26 @@ async def run_check(settings: Settings, out: TextIO) -> int:
     failed = [f for f in results if not f.ok and not f.warning]
     out.write("All checks passed.\n" if not failed else f"{len(failed)} check(s) failed.\n")
     return 0 if not failed else 1
+
+
+def check_oauth_variables(environ: Mapping[str, str]) -> CheckResult | None:
+    """A failure when Bolt would take the OAuth path and ignore SLACK_BOT_TOKEN."""
+    present = [name for name in OAUTH_VARIABLES if name in environ]
+    if len(present) == len(OAUTH_VARIABLES):
+        return CheckResult(
+            False,
+            "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are set: Bolt then runs multi-workspace "
+            "OAuth and ignores SLACK_BOT_TOKEN, so every request fails; unset both",
+        )
+    if present:
+        (other,) = set(OAUTH_VARIABLES) - set(present)
+        return CheckResult(
+            False,
+            f"{present[0]} is set: harmless alone, but with {other} also set Bolt would ignore "
+            "SLACK_BOT_TOKEN; unset it",
+            warning=True,
+        )
+    return None
 
 
 async def check_kps(runtime: Runtime) -> CheckResult:
@@ -147,16 +186,100 @@ async def check_slack(runtime: Runtime) -> list[CheckResult]:
 
 
 async def check_store(runtime: Runtime) -> CheckResult:
-    """Open the alert-state store, create or migrate its schema, and name the watching replica."""
-    store = runtime.store
-    assert store is not None
+    """Read the alert-state store, creating and changing nothing, and name the watching replica.
+
+    A check must leave no state behind: the default STATE_URL would otherwise create kps-bot.db
+    in whatever directory `check` ran in. SQLite is opened read-only, and only if it exists.
+    """
+    url = make_url(runtime.settings.state_url.reveal())
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        path = _sqlite_path(url)
+        if path is not None:
+            if not path.exists():
+                return _sqlite_to_be_created(path)
+            if not os.access(path, os.R_OK | os.W_OK):
+                return CheckResult(
+                    False,
+                    f"alert state store (STATE_URL) cannot be used: {path} is not readable and "
+                    "writable by this user",
+                )
+            url = _read_only(url, path)
     try:
-        await store.migrate()
-        holder = await store.lease_holder(now=datetime.now(UTC))
+        version, holder = await _read_store(url)
     except Exception as error:  # any driver's failure: reported in words, never raised
         text = f"{type(error).__name__}: {error}"[:300]
         for secret in runtime.settings.secret_values():
             text = text.replace(secret, "[redacted]")
         return CheckResult(False, f"alert state store (STATE_URL) cannot be used: {text}")
+    if version is None:
+        return CheckResult(
+            True, f"alert state store ({backend}) is reachable; the bot creates its tables at start"
+        )
+    if version > SCHEMA_VERSION:
+        return CheckResult(
+            False,
+            f"the alert state store has schema version {version}, newer than this bot's "
+            f"{SCHEMA_VERSION}: run the newer bot, or point STATE_URL elsewhere",
+        )
+    if version < SCHEMA_VERSION:
+        return CheckResult(
+            True,
+            f"alert state store ({backend}) is ready; the bot upgrades its schema from version "
+            f"{version} to {SCHEMA_VERSION} at start",
+        )
     who = f"replica {holder} is watching" if holder else "no replica is watching right now"
-    return CheckResult(True, f"alert state store ({store.backend}) is ready; {who}")
+    return CheckResult(True, f"alert state store ({backend}) is ready; {who}")
+
+
+def _sqlite_path(url: URL) -> Path | None:
+    """The file behind an SQLite URL; None for an in-memory database."""
+    database = url.database or ""
+    if database.startswith("file:"):  # already a URI filename (uri=true)
+        database = database[len("file:") :]
+    if database in ("", ":memory:") or url.query.get("mode") == "memory":
+        return None
+    return Path(database).resolve()
+
+
+def _sqlite_to_be_created(path: Path) -> CheckResult:
+    folder = path.parent
+    if not folder.is_dir():
+        return CheckResult(
+            False, f"alert state store (STATE_URL) cannot be used: folder {folder} does not exist"
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return CheckResult(
+            False,
+            f"alert state store (STATE_URL) cannot be used: the bot cannot create {path.name} "
+            f"in {folder} (not writable by this user)",
+        )
+    return CheckResult(
+        True, f"alert state store (sqlite) is ready: the bot creates {path} at first start"
+    )
+
+
+def _read_only(url: URL, path: Path) -> URL:
+    # SQLite's URI filename with mode=ro neither creates the file nor writes to it.
+    query = {**url.query, "mode": "ro", "uri": "true"}
+    return url.set(database=f"file:{quote(str(path))}", query=query)
+
+
+async def _read_store(url: URL) -> tuple[int | None, str | None]:
+    """The store's schema version (None: no tables yet) and, when current, the lease holder."""
+    engine = create_async_engine(url)
+    try:
+        async with engine.connect() as conn:
+            tables = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+            if schema_version.name not in tables:
+                return None, None
+            version = (await conn.execute(sa.select(schema_version.c.version))).scalar()
+    finally:
+        await engine.dispose()
+    if version is None or version != SCHEMA_VERSION:
+        return version, None
+    store = Store.open(url.render_as_string(hide_password=False))
+    try:
+        return version, await store.lease_holder(now=datetime.now(UTC))
+    finally:
+        await store.close()

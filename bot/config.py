@@ -75,12 +75,31 @@ _AUTH_CHOICES: Final = (
 
 _WHOLE_NUMBER = re.compile(r"[0-9]+")
 _DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
-_PROJECT_ID = re.compile(r"[A-Za-z0-9_-]+")
+# An IAM project ID is a UUID without dashes ("My Credentials > API Credentials").
+_PROJECT_ID = re.compile(r"[0-9a-fA-F]{32}")
 _REGION = re.compile(r"[a-z]{2}(?:-[a-z0-9]+)+")
 _CHANNEL_ID = re.compile(r"[CG][A-Z0-9]{2,}")
-# A credential pasted into the wrong variable must not be echoed back either.
-_LOOKS_SECRET = re.compile(r"xox[a-z]-|xapp-|MII")  # MII…: how IAM tokens begin
-_SHOWN_LIMIT = 40
+# Slack tokens are letters, digits and dashes after the prefix; anything else is a paste accident.
+_SLACK_TOKEN_BODY = re.compile(r"[A-Za-z0-9-]+")
+# Only values that cannot be a credential are echoed in an error: a short number or a short word.
+# Anything else (an SK or a password pasted into the wrong line) is described by its shape.
+_HARMLESS = re.compile(
+    r"[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?|[-+]?(?:nan|inf)|[A-Za-z]{1,10}",
+    re.IGNORECASE,
+)
+_HARMLESS_LIMIT = 20
+_TOKEN_PREFIX = re.compile(r"(?:xox[a-z]|xapp)-")
+# The values .env.example ships with: a copy left unchanged must not start a bot.
+PLACEHOLDERS: Final = {
+    "SLACK_BOT_TOKEN": "xoxb-your-bot-token",
+    "SLACK_APP_TOKEN": "xapp-your-app-token",
+    "HUAWEICLOUD_DOMAIN": "your-account-name",
+}
+# Other values a person writes while meaning "fill this in later".
+_PLACEHOLDER = re.compile(
+    r"(?:^|[-_.:])your[-_]|^<[^<>]*>$|^(?:changeme|change-me|todo|tbd|x{3,}|\.\.\.|…)$",
+    re.IGNORECASE,
+)
 _DEFAULT_STATE_SECRET: Final = Secret(DEFAULT_STATE_URL)
 
 
@@ -193,11 +212,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     slack_bot_token = read.secret(
         "SLACK_BOT_TOKEN", required="(the bot token, xoxb-…, from OAuth & Permissions)"
     )
-    if slack_bot_token and not slack_bot_token.reveal().startswith("xoxb-"):
-        read.problem("SLACK_BOT_TOKEN must be a bot token starting with xoxb-")
+    if slack_bot_token:
+        read.slack_token("SLACK_BOT_TOKEN", slack_bot_token, "xoxb-", "a bot token")
     slack_app_token = read.secret("SLACK_APP_TOKEN")
-    if slack_app_token and not slack_app_token.reveal().startswith("xapp-"):
-        read.problem("SLACK_APP_TOKEN must be an app-level token starting with xapp-")
+    if slack_app_token:
+        read.slack_token("SLACK_APP_TOKEN", slack_app_token, "xapp-", "an app-level token")
     # Socket Mode needs no request verification; HTTP mode cannot work without it.
     slack_signing_secret = read.secret(
         "SLACK_SIGNING_SECRET",
@@ -210,9 +229,12 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         "HUAWEICLOUD_SDK_PROJECT_ID", required="(the IAM project ID whose KPS tasks are shown)"
     )
     if project_id and not _PROJECT_ID.fullmatch(project_id):
+        # Huawei Cloud names a region's default project after the region: a common mix-up.
+        named = _REGION.fullmatch(project_id) is not None
+        hint = "; that looks like a project name, not its ID" if named else ""
         read.problem(
-            "HUAWEICLOUD_SDK_PROJECT_ID must be a project ID made of letters, digits, '-' and '_'"
-            f", usually 32 hex characters (got {read.shown(project_id)})"
+            "HUAWEICLOUD_SDK_PROJECT_ID must be a project ID: 32 hex characters (0-9, a-f), from"
+            f' "My Credentials > API Credentials" (got {read.shown(project_id)}{hint})'
         )
     region = read.text("HUAWEICLOUD_REGION")
     region_invalid = False
@@ -238,9 +260,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
 
     stale_channel_id = read.text("STALE_CHANNEL_ID")
     if stale_channel_id and not _CHANNEL_ID.fullmatch(stale_channel_id):
+        named = stale_channel_id.startswith("#")
+        hint = "; use the ID from the channel's details, not its #name" if named else ""
         read.problem(
             "STALE_CHANNEL_ID must be a channel ID such as C0123456789 (starts with C or G)"
-            f" (got {read.shown(stale_channel_id)})"
+            f" (got {read.shown(stale_channel_id)}{hint})"
         )
     stale_after = read.whole_number("STALE_AFTER_MINUTES", 30, 1, None)
     poll_interval = read.seconds("POLL_INTERVAL_SECONDS", 60.0, minimum=1.0)
@@ -285,20 +309,49 @@ class _Reader:
         self._environ = environ
         self.problems: list[str] = []
         self._secrets = {value for name in SECRET_VARIABLES if (value := self._raw(name))}
+        self._placeholders: set[str] = set()
+        for name in SETTING_VARIABLES:
+            value = self._raw(name)
+            if value is not None and (
+                value == PLACEHOLDERS.get(name) or _PLACEHOLDER.search(value)
+            ):
+                self._placeholders.add(name)
+                # The shipped placeholders are public text; anything else might be a secret.
+                shown = (
+                    f".env.example's placeholder {value!r}"
+                    if value == PLACEHOLDERS.get(name)
+                    else "a placeholder"
+                )
+                self.problems.append(
+                    f"{name} still holds {shown}: put the real value in, or remove the line"
+                )
 
     def problem(self, message: str) -> None:
-        self.problems.append(message)
+        # A placeholder is named once, as a placeholder, not again for its shape.
+        if message.split(" ", 1)[0] not in self._placeholders:
+            self.problems.append(message)
 
     def given(self, name: str) -> bool:
         return bool(self._raw(name))
 
     def shown(self, value: str) -> str:
-        """Quote a non-secret value for an error message, unless it looks like a credential."""
-        if value in self._secrets or _LOOKS_SECRET.match(value):
-            return "a value that looks like a credential; not shown"
-        if len(value) > _SHOWN_LIMIT:
-            value = value[:_SHOWN_LIMIT] + "…"
-        return repr(value)
+        """The value itself when it cannot be a credential; otherwise only its length and shape."""
+        harmless = (
+            len(value) <= _HARMLESS_LIMIT
+            and _HARMLESS.fullmatch(value) is not None
+            and not any(secret in value for secret in self._secrets)
+        )
+        if harmless:
+            return repr(value)
+        return f"{describe(value)}; value not shown"
+
+    def slack_token(self, name: str, token: Secret, prefix: str, kind: str) -> None:
+        value = token.reveal()
+        if not value.startswith(prefix) or not _SLACK_TOKEN_BODY.fullmatch(value[len(prefix) :]):
+            self.problem(
+                f"{name} must be {kind} starting with {prefix} followed by letters, digits"
+                f" and '-' (got {describe(value)})"
+            )
 
     def _raw(self, name: str) -> str | None:
         # Surrounding whitespace is a copy-paste accident (a trailing newline in a mounted secret).
@@ -353,7 +406,7 @@ class _Reader:
             return default or ""
         if _is_http_url(value):
             return value
-        shown = "a URL with credentials; not shown" if "@" in value else self.shown(value)
+        shown = "a URL with credentials; not shown" if "@" in value else _url_shown(value)
         self.problem(f"{name} must be an http:// or https:// URL without a query (got {shown})")
         return default or ""
 
@@ -366,6 +419,43 @@ class _Reader:
                 return option
         self.problem(f"{name} must be one of {', '.join(allowed)} (got {self.shown(value)})")
         return default
+
+
+def describe(value: str) -> str:
+    """A value's length and kinds of characters ("40 characters: letters and digits"), not it."""
+    kinds = []
+    upper, lower = any(c.isupper() for c in value), any(c.islower() for c in value)
+    if upper and lower:
+        kinds.append("letters")
+    elif upper or lower:
+        kinds.append("uppercase letters" if upper else "lowercase letters")
+    if any(c.isdigit() for c in value):
+        kinds.append("digits")
+    if any(c.isspace() for c in value):
+        kinds.append("spaces")
+    if any(not (c.isalnum() or c.isspace()) for c in value):
+        kinds.append("symbols")
+    listed = ", ".join(kinds[:-1]) + f" and {kinds[-1]}" if len(kinds) > 1 else "".join(kinds)
+    count = f"{len(value)} character{'s' if len(value) != 1 else ''}"
+    # A Slack token's prefix says which token went where, and is no part of the secret.
+    prefix = _TOKEN_PREFIX.match(value)
+    start = f" starting with {prefix.group()}" if prefix else ""
+    # Enough to tell which paste went where, without showing what might be a secret.
+    return f"{count}{start}: {listed}" if listed else count
+
+
+def _url_shown(value: str) -> str:
+    """A rejected URL as its scheme and host only: its path or query may carry a secret."""
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        parts = None
+    # A host without a dot is no endpoint anyone meant, and may be a pasted secret.
+    host = parts.hostname if parts is not None and parts.scheme else None
+    if parts is None or not host or ("." not in host and host != "localhost"):
+        return f"{describe(value)}; value not shown"
+    rest = ", with a query" if parts.query or parts.fragment else ""
+    return f"a URL with scheme {parts.scheme!r} and host {host!r}{rest}"
 
 
 def _auth(read: _Reader) -> AuthSettings | None:

@@ -19,19 +19,34 @@ LOG_FORMATS: Final = ("text", "json")
 
 correlation_id: ContextVar[str | None] = ContextVar("correlation_id", default=None)
 
-_VALUE = r"""[^\s'",;)}\]]+"""  # a bare value ends at whitespace, a quote or a closing bracket
+# A bare value ends at whitespace, a quote or a closing bracket; one already redacted is left be.
+_VALUE = r"""(?!\[redacted\])[^\s'",;)}\]]+"""
+# Between a header's name and its value: "Name: v", "Name=v", {'Name': 'v'}, and the
+# (b'Name', b'v') pairs httpcore logs at DEBUG for every response.
+_HEADER_GAP = r"""(?:['"]?\s*[:=]\s*|['"]\s*,\s*)(?-i:b)?['"]?"""
 _PATTERNS: Final = (
     # Slack bot, user, app-level and refresh tokens (xoxb-, xoxp-, xapp-, xoxe.xoxp-…).
     (re.compile(r"\b(?:xox[a-z]\.)?xox[a-z]-[A-Za-z0-9-]+|\bxapp-[A-Za-z0-9-]+"), REDACTED),
     # IAM tokens (X-Auth-Token, X-Subject-Token, X-Security-Token) and the replayable Slack
-    # signature, whether written as "Header: value" or as a dict repr.
+    # signature, however the header is written.
     (
         re.compile(
-            r"""(?i)(\bX-(?:Auth-Token|Subject-Token|Security-Token|Slack-Signature)['"]?"""
-            rf"""\s*[:=]\s*['"]?){_VALUE}"""
+            r"(?i)(\bX-(?:Auth-Token|Subject-Token|Security-Token|Slack-Signature)"
+            rf"{_HEADER_GAP}){_VALUE}"
         ),
         rf"\g<1>{REDACTED}",
     ),
+    # Any other Authorization value, keeping its scheme word. The AK/SK one is left to the
+    # Signature= rule below: its Access= and SignedHeaders= help debugging and are not secret.
+    (
+        re.compile(
+            rf"(?i)(\bAuthorization{_HEADER_GAP})(?!SDK-HMAC-|\(redacted\))"
+            rf"((?:Basic|Bearer|Token|Digest|OAuth)\s+)?{_VALUE}"
+        ),
+        rf"\g<1>\g<2>{REDACTED}",
+    ),
+    # An IAM (PKI) token on its own, e.g. echoed in an error body: base64 DER starts with MII.
+    (re.compile(r"\bMII[A-Za-z0-9+/=_-]{40,}"), REDACTED),
     # The AK/SK signature: Authorization: SDK-HMAC-SHA256 Access=…, SignedHeaders=…, Signature=…
     (re.compile(rf"(?i)(\bSignature=){_VALUE}"), rf"\g<1>{REDACTED}"),
     (re.compile(rf"(?i)(\bBearer\s+){_VALUE}"), rf"\g<1>{REDACTED}"),
@@ -54,6 +69,8 @@ _STANDARD_ATTRIBUTES: Final = frozenset(vars(logging.LogRecord("", 0, "", 0, "",
     "asctime",
     "correlation_id",
 }
+_BARE: Final = re.compile(r"""[^\s"'=]+""")  # a text value needs quotes if it has these
+_OBJECT_LIMIT: Final = 300
 _installed: logging.Handler | None = None  # the handler configure_logging put on the root logger
 _SECRET_KEY = re.compile(r"(?i)password|passwd|secret|token|signature|^sk$|^authorization$")
 
@@ -67,10 +84,16 @@ class Redactor:
         self._exact: re.Pattern[str] | None = None
 
     def register(self, value: str) -> None:
-        """Hide this exact value, and its URL- and JSON-escaped forms, from now on."""
+        """Hide this exact value, and its URL-, JSON- and bytes-escaped forms, from now on."""
         if not value:
             return
-        forms = {value, quote(value, safe=""), json.dumps(value)[1:-1]}
+        # httpcore logs headers as bytes reprs, which escape quotes and non-ASCII their own way.
+        forms = {
+            value,
+            quote(value, safe=""),
+            json.dumps(value)[1:-1],
+            repr(value.encode())[2:-1],
+        }
         with self._lock:
             self._values |= forms
             # Longest first, so a secret that contains another is replaced whole.
@@ -101,8 +124,17 @@ _redactor = Redactor()
 
 
 def register_secret(value: str) -> None:
-    """Hide this exact value in every log line from now on (the app registers config secrets)."""
+    """Hide this exact value in every log line and `redact` result from now on."""
     _redactor.register(value)
+
+
+def redact(text: str, limit: int | None = None) -> str:
+    """`text` redacted as log lines are, then clipped to `limit` characters (for Slack text)."""
+    # Redact before clipping: a registered secret cut in half would no longer match.
+    text = _redactor.redact(text)
+    if limit is not None and len(text) > limit:
+        text = text[: max(limit - 1, 0)] + "…"
+    return text
 
 
 def new_correlation_id() -> str:
@@ -148,13 +180,14 @@ class RedactionFilter(logging.Filter):
 
 
 class TextFormatter(logging.Formatter):
-    """`time LEVEL logger [correlation id] message`, with any traceback on the same line."""
+    """`time LEVEL logger [correlation id] message key=value…`, any traceback on the same line."""
 
     def format(self, record: logging.LogRecord) -> str:
         parts = [_timestamp(record), record.levelname, record.name]
         if cid := getattr(record, "correlation_id", None):
             parts.append(f"[{cid}]")
         parts.append(record.getMessage())
+        parts.extend(f"{key}={_text_value(value)}" for key, value in _extras(record).items())
         if trace := _trace(record):
             parts.append(f"| {trace}")
         # One line per record, so that a log collector keeps a traceback in one entry.
@@ -229,6 +262,16 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
         for key, value in vars(record).items()
         if key not in _STANDARD_ATTRIBUTES and not key.startswith("_")
     }
+
+
+def _text_value(value: Any) -> str:
+    """An `extra` value for a text line: bare when that cannot be misread, else JSON-quoted."""
+    if isinstance(value, str):
+        return value if _BARE.fullmatch(value) else json.dumps(value, ensure_ascii=False)
+    if _json_safe(value):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # The redaction filter reaches only strings inside extras; an object's str() is new text.
+    return json.dumps(redact(str(value), _OBJECT_LIMIT), ensure_ascii=False)
 
 
 def _json_safe(value: Any) -> bool:

@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import io
+import os
+import shutil
+import subprocess
+import sys
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.check import run_check
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, TokenAuthSettings
 from bot.fakeslack import FakeSlack
 from bot.secret import Secret
 from bot.simulator import Simulator
+from bot.store import SCHEMA_VERSION, Store, schema_version
 from tests.conftest import PROJECT, free_port, make_settings
 
 
@@ -22,14 +32,145 @@ async def report(settings: object) -> tuple[int, str]:
 
 
 async def test_all_well(sim: Simulator, slack: FakeSlack, tmp_path: Path) -> None:
-    state = Secret(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    state_file = tmp_path / "state.db"
+    state = Secret(f"sqlite+aiosqlite:///{state_file}")
     settings = make_settings(sim, slack, stale_channel_id="C0ALERTS", state_url=state)
     status, text = await report(settings)
     assert status == 0, text
     assert "37 running task(s)" in text
     assert "@kps-bot in workspace Test Workspace" in text
     assert "#kps-alerts" in text and "All checks passed." in text
-    assert "alert state store (sqlite) is ready" in text
+    assert (
+        f"alert state store (sqlite) is ready: the bot creates {state_file} at first start" in text
+    )
+    assert not state_file.exists()
+
+
+async def test_check_creates_no_state_with_the_default_state_url(
+    sim: Simulator, slack: FakeSlack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Issue 10: with STALE_CHANNEL_ID and the default STATE_URL, check created ./kps-bot.db.
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(sim, slack, stale_channel_id="C0ALERTS")
+    assert settings.state_url.reveal() == "sqlite+aiosqlite:///kps-bot.db"
+
+    status, text = await report(settings)
+
+    assert status == 0, text
+    assert os.listdir(tmp_path) == []
+    assert f"the bot creates {tmp_path / 'kps-bot.db'} at first start" in text
+
+
+async def test_existing_state_is_read_not_changed(
+    sim: Simulator, slack: FakeSlack, tmp_path: Path
+) -> None:
+    state_file = tmp_path / "with space #1.db"
+    url = f"sqlite+aiosqlite:///{state_file}"
+    store = Store.open(url)
+    await store.migrate()
+    assert await store.acquire_lease("replica-7", ttl=600, now=datetime.now(UTC))
+    await store.close()
+    before = (state_file.read_bytes(), state_file.stat().st_mtime_ns)
+    settings = make_settings(sim, slack, stale_channel_id="C0ALERTS", state_url=Secret(url))
+
+    status, text = await report(settings)
+
+    assert status == 0, text
+    assert "alert state store (sqlite) is ready; replica replica-7 is watching" in text
+    assert (state_file.read_bytes(), state_file.stat().st_mtime_ns) == before
+    assert os.listdir(tmp_path) == [state_file.name]
+
+
+async def test_empty_postgres_database_is_reachable_and_left_empty(
+    sim: Simulator, slack: FakeSlack, pg_url: str
+) -> None:
+    settings = make_settings(sim, slack, stale_channel_id="C0ALERTS", state_url=Secret(pg_url))
+
+    status, text = await report(settings)
+
+    assert status == 0, text
+    assert (
+        "alert state store (postgresql) is reachable; the bot creates its tables at start" in text
+    )
+    engine = create_async_engine(pg_url)
+    async with engine.connect() as conn:
+        tables = await conn.run_sync(lambda sync: sa.inspect(sync).get_table_names())
+    await engine.dispose()
+    assert tables == []
+
+
+async def test_newer_schema_fails_the_check(
+    sim: Simulator, slack: FakeSlack, tmp_path: Path
+) -> None:
+    state_file = tmp_path / "state.db"
+    url = f"sqlite+aiosqlite:///{state_file}"
+    store = Store.open(url)
+    await store.migrate()
+    await store.close()
+    engine = sa.create_engine(f"sqlite:///{state_file}")
+    with engine.begin() as conn:
+        conn.execute(schema_version.update().values(version=SCHEMA_VERSION + 1))
+    engine.dispose()
+    settings = make_settings(sim, slack, stale_channel_id="C0ALERTS", state_url=Secret(url))
+
+    status, text = await report(settings)
+
+    assert status == 1
+    assert f"schema version {SCHEMA_VERSION + 1}, newer than this bot's {SCHEMA_VERSION}" in text
+
+
+@pytest.mark.parametrize(
+    ("environ", "line"),
+    [
+        (
+            {"SLACK_CLIENT_ID": "123.456", "SLACK_CLIENT_SECRET": "cs"},
+            "[FAIL] SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are set: Bolt then runs multi-",
+        ),
+        (
+            {"SLACK_CLIENT_ID": "", "SLACK_CLIENT_SECRET": ""},  # Bolt tests `is not None`
+            "[FAIL] SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are set",
+        ),
+        ({"SLACK_CLIENT_SECRET": "cs"}, "[   !] SLACK_CLIENT_SECRET is set: harmless alone"),
+    ],
+)
+async def test_oauth_variables_that_make_bolt_ignore_the_bot_token(
+    sim: Simulator,
+    slack: FakeSlack,
+    monkeypatch: pytest.MonkeyPatch,
+    environ: dict[str, str],
+    line: str,
+) -> None:
+    # Issue 10 item 14: Bolt reads these from the process environment, so check does too.
+    for name in ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+
+    status, text = await report(make_settings(sim, slack))
+
+    assert line in text
+    assert status == (1 if line.startswith("[FAIL]") else 0), text
+
+
+def test_check_refuses_an_unchanged_env_example(tmp_path: Path) -> None:
+    # Issue 10 item 15: `cp .env.example .env && python -m bot check` names the placeholder.
+    root = Path(__file__).resolve().parent.parent
+    shutil.copy(root / ".env.example", tmp_path / ".env")
+    keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "check"],
+        env={**keep, "PYTHONPATH": str(root)},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "SLACK_BOT_TOKEN still holds .env.example's placeholder" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]
 
 
 async def test_unusable_state_store(sim: Simulator, slack: FakeSlack, tmp_path: Path) -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import re
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from dotenv import dotenv_values
 
 from bot.config import (
     SETTING_VARIABLES,
@@ -189,6 +192,17 @@ BAD_VALUES = [
     ("LOG_LEVEL", "loud", "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"),
     ("SLACK_BOT_TOKEN", "xoxp-1-user-token", "SLACK_BOT_TOKEN must be a bot token starting with"),
     ("SLACK_APP_TOKEN", "xoxb-not-an-app-token", "SLACK_APP_TOKEN must be an app-level token"),
+    # Issue 10 item 15: project IDs are 32 hex characters; placeholders are not tokens.
+    ("HUAWEICLOUD_SDK_PROJECT_ID", "my-project", "must be a project ID: 32 hex characters"),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", "cn-north-4", "looks like a project name, not its ID"),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", PROJECT[:-1], "must be a project ID: 32 hex characters"),
+    ("HUAWEICLOUD_SDK_PROJECT_ID", PROJECT[:-1] + "g", "must be a project ID: 32 hex"),
+    ("SLACK_BOT_TOKEN", "xoxb-your-bot-token", "placeholder 'xoxb-your-bot-token': put the real"),
+    ("SLACK_BOT_TOKEN", "<your bot token>", "SLACK_BOT_TOKEN still holds a placeholder"),
+    ("SLACK_BOT_TOKEN", "xoxb-…", "must be a bot token starting with xoxb- followed by"),
+    ("SLACK_BOT_TOKEN", "xoxb-1-2 3", "starting with xoxb- followed by letters, digits and '-'"),
+    ("SLACK_APP_TOKEN", "xapp-your-app-token", "placeholder 'xapp-your-app-token'"),
+    ("KPS_AUTH_TOKEN", "your-iam-token", "KPS_AUTH_TOKEN still holds a placeholder: put"),
 ]
 
 
@@ -228,11 +242,70 @@ def test_several_bad_values_are_reported_at_once() -> None:
     assert "PAGE_SIZE must be a whole number from 1 to 20 (got '0')" in str(caught.value)
 
 
-def test_long_values_are_shortened_in_messages() -> None:
-    (problem,) = problems(env(HUAWEICLOUD_REGION="x" * 500))
+def test_long_values_are_described_not_shown() -> None:
+    (problem,) = problems(env(HUAWEICLOUD_REGION="ab" * 250))
 
-    assert "x" * 40 + "…" in problem
-    assert "x" * 41 not in problem
+    assert problem.endswith("(got 500 characters: lowercase letters; value not shown)")
+    assert "abab" not in problem
+
+
+def test_an_unregistered_secret_in_the_wrong_variable_shows_only_length_and_shape() -> None:
+    # Issue 10 item 9: an SK pasted into HUAWEICLOUD_REGION while token auth is configured, so
+    # the SK is no configured secret the reader could recognise.
+    sk = "SKa1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8S9"
+    (problem,) = problems(env(HUAWEICLOUD_REGION=sk))
+
+    assert sk not in problem and sk[:6] not in problem
+    assert problem == (
+        "HUAWEICLOUD_REGION must be a region ID such as cn-north-4"
+        " (got 40 characters: letters and digits; value not shown)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("hunter2", "7 characters: lowercase letters and digits"),
+        ("Pa ss!", "6 characters: letters, spaces and symbols"),
+        ("x", "'x'"),
+        ("12345", "'12345'"),
+        ("nine", "'nine'"),
+        ("mississippis", "12 characters: lowercase letters"),
+    ],
+)
+def test_only_short_numbers_and_words_are_echoed(value: str, shown: str) -> None:
+    (problem,) = problems(env(LOG_LEVEL=value))
+
+    assert f"(got {shown}" in problem
+    if not shown.startswith("'"):
+        assert value not in problem.split("(got", 1)[1]
+
+
+ENV_EXAMPLE = Path(__file__).resolve().parent.parent / ".env.example"
+
+
+def test_env_example_copied_unchanged_does_not_start() -> None:
+    copied = {name: value for name, value in dotenv_values(ENV_EXAMPLE).items() if value}
+
+    found = problems(copied)
+
+    assert found[0] == (
+        "SLACK_BOT_TOKEN still holds .env.example's placeholder 'xoxb-your-bot-token':"
+        " put the real value in, or remove the line"
+    )
+
+
+def test_every_placeholder_of_env_example_is_named() -> None:
+    # Uncomment every example line, as someone filling in the file top to bottom might.
+    text = re.sub(r"^# ?([A-Z][A-Z0-9_]+=)", r"\1", ENV_EXAMPLE.read_text(), flags=re.MULTILINE)
+    example = {k: v for k, v in dotenv_values(stream=io.StringIO(text)).items() if v}
+    placeholders = sorted(name for name, value in example.items() if "your" in value)
+
+    message = str(problems(example))
+
+    assert placeholders == ["HUAWEICLOUD_DOMAIN", "SLACK_APP_TOKEN", "SLACK_BOT_TOKEN"]
+    for name in placeholders:
+        assert f"{name} still holds .env.example's placeholder {example[name]!r}" in message
 
 
 def test_endpoints_are_built_from_region() -> None:
@@ -531,3 +604,29 @@ def test_setting_variables_are_exactly_what_load_settings_reads() -> None:
     load_settings(Recording(env()))
 
     assert read == set(SETTING_VARIABLES)
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [
+        ("ftp://kms.example.com/x?k=v", "a URL with scheme 'ftp' and host 'kms.example.com'"),
+        ("ftp://SKa1b2C3d4E5f6G7h8/", "25 characters: letters, digits and symbols"),
+        ("SKa1b2C3d4E5f6G7h8", "18 characters: letters and digits"),
+    ],
+)
+def test_a_rejected_url_shows_only_scheme_and_host(value: str, shown: str) -> None:
+    (problem,) = problems(env(KPS_ENDPOINT=value))
+
+    assert problem.startswith("KPS_ENDPOINT must be an http:// or https:// URL")
+    assert f"(got {shown}" in problem
+    assert "k=v" not in problem and "a1b2" not in problem.lower()
+
+
+def test_license_file_matches_pyproject() -> None:
+    root = Path(__file__).resolve().parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["project"]["license"]
+    text = (root / "LICENSE").read_text()
+
+    assert declared == "MIT"
+    assert text.startswith("MIT License\n\nCopyright (c) 2026 kps-bot developers\n")
+    assert 'THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND' in text

@@ -12,15 +12,20 @@ import secrets
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
+import httpx
 import pytest
 
+from bot.kps import KPSClient
 from bot.logs import (
     REDACTED,
     configure_logging,
     correlation_id,
     new_correlation_id,
+    redact,
     register_secret,
 )
+from bot.simulator import Fault, Simulator
+from tests.conftest import PROJECT
 
 TEXT_LINE = re.compile(
     r"(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<level>[A-Z]+) (?P<logger>\S+)"
@@ -183,6 +188,16 @@ SECRET_MESSAGES = [
     ('{"user": {"name": "u", "password": "quoted pass word"}}', "quoted pass word"),
     ("client_secret: 'sEcReT-value'", "sEcReT-value"),
     ("db postgresql+asyncpg://kps:dbPASS@db:5432/kps", "dbPASS"),
+    # Issue 10 item 9: headers as httpcore logs them at DEBUG, (name, value) byte pairs.
+    ("[(b'X-Subject-Token', b'MIIpairTOKEN-_'), (b'Content-Type', b'json')]", "MIIpairTOKEN"),
+    ("[(b'x-auth-token', b'lowerPAIRtoken')]", "lowerPAIRtoken"),
+    ('[("X-Security-Token", "TempPairTOKEN")]', "TempPairTOKEN"),
+    ("[(b'Authorization', b'Basic dXNlcjpwYXNzd29yZA==')]", "dXNlcjpwYXNzd29yZA=="),
+    ("Authorization: Basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA=="),
+    ("authorization=rawAUTHvalue", "rawAUTHvalue"),
+    ("legacy workspace token xoxa-2-LegacyTOK", "xoxa-2-LegacyTOK"),
+    ("refresh xoxr-1-RefreshTOK", "xoxr-1-RefreshTOK"),
+    ("IAM said: bad request echoing MII" + "A1b2+/" * 10 + " back", "A1b2+/A1b2"),
 ]
 
 
@@ -262,6 +277,18 @@ def test_registered_secrets_are_redacted_in_any_form(configure: Configure) -> No
     assert records[3]["detail"] == {"note": f"has {REDACTED} inside"}
 
 
+def test_registered_secret_is_redacted_as_a_logged_bytes_header(configure: Configure) -> None:
+    stream = configure("text")
+    secret = f"pä'ss-{secrets.token_hex(6)}"
+    register_secret(secret)
+
+    log.info("headers %s", [(b"X-Custom", secret.encode())])
+
+    output = stream.getvalue()
+    assert secret.split("-")[1] not in output
+    assert f"[(b'X-Custom', b\"{REDACTED}\")]" in output
+
+
 def secrets_fragment(secret: str) -> str:
     return secret.split(" ")[1].split("/")[0]
 
@@ -312,3 +339,92 @@ def test_httpx_request_lines_are_quiet_unless_debugging(configure: Configure) ->
 
     assert lines(info) == []
     assert len(lines(debug)) == 1
+
+
+async def test_iam_token_from_a_real_login_stays_out_of_debug_logs(configure: Configure) -> None:
+    # Issue 10 item 9: httpcore logs every response header at DEBUG, X-Subject-Token included.
+    stream = configure("text", "DEBUG")
+    body = {
+        "auth": {
+            "identity": {
+                "methods": ["password"],
+                "password": {
+                    "user": {"name": "ops-bot", "password": "pw-0", "domain": {"name": "acme"}}
+                },
+            },
+            "scope": {"project": {"id": PROJECT}},
+        }
+    }
+    async with (
+        Simulator(project_id=PROJECT, users={("acme", "ops-bot"): "pw-0"}) as sim,
+        httpx.AsyncClient() as http,
+    ):
+        response = await http.post(f"{sim.url}/v3/auth/tokens", json=body)
+    token = response.headers["X-Subject-Token"]
+
+    output = stream.getvalue()
+    assert response.status_code == 201 and len(token) > 20
+    assert token not in output and token[3:23] not in output
+    (headers,) = [line for line in lines(stream) if "receive_response_headers.complete" in line]
+    assert f"(b'X-Subject-Token', b'{REDACTED}')" in headers
+    assert "(b'Content-Type', b'application/json')" in headers  # the rest stays readable
+
+
+def test_redact_applies_the_log_redaction_and_clips() -> None:
+    # Issue 10 item 3: the function the Slack side runs every outgoing string through.
+    secret = f"echoed-{secrets.token_hex(8)}"
+    register_secret(secret)
+    text = f"IAM 400: password={secret} X-Auth-Token: MIItok xoxb-1-2-abc {quote(secret, safe='')}"
+
+    assert redact(text) == (
+        f"IAM 400: password={REDACTED} X-Auth-Token: {REDACTED} {REDACTED} {REDACTED}"
+    )
+    assert redact("plain words", limit=100) == "plain words"
+    assert redact("abcdefghij", limit=5) == "abcd…"
+    # Redaction first: a secret straddling the limit leaves no fragment behind.
+    clipped = redact(f"{'x' * 20}{secret}{'y' * 20}", limit=30)
+    assert clipped == f"{'x' * 20}[redacted…"
+    assert secret[:8] not in clipped
+
+
+def test_text_lines_show_extras_as_key_value(configure: Configure) -> None:
+    # Issue 10: "listening" had no port, "KPS call failed, retrying" no path or attempt.
+    stream = configure("text")
+
+    log.info("listening", extra={"port": 3000, "path": "/slack/events"})
+    log.warning(
+        "odd",
+        extra={
+            "why": "connect timed out",
+            "ok": True,
+            "none": None,
+            "ids": ["a b", 2],
+            "obj": ValueError("token=objSECRET"),
+            "password": "extraPASS",
+            "quoted": 'say "hi"',
+        },
+    )
+
+    first, second = (TEXT_LINE.fullmatch(line)["message"] for line in lines(stream))  # type: ignore[index]
+    assert first == "listening port=3000 path=/slack/events"
+    assert second == (
+        'odd why="connect timed out" ok=true none=null ids=["a b",2]'
+        f' obj="token={REDACTED}" password={REDACTED}'
+        ' quoted="say \\"hi\\""'
+    )
+
+
+async def test_kps_retry_line_names_path_attempt_wait_and_cause(
+    configure: Configure, sim: Simulator, kps_client: KPSClient
+) -> None:
+    stream = configure("text")
+    sim.inject(Fault(kind="status", status=503, times=1))
+
+    await kps_client.list_running_tasks()
+
+    (line,) = [line for line in lines(stream) if "KPS call failed, retrying" in line]
+    fields = dict(re.findall(r' (\w+)=("[^"]*"|\S+)', line))
+    assert fields["path"].endswith("/running-tasks")
+    assert fields["attempt"] == "1"
+    assert 0 <= float(fields["wait_s"]) <= 0.05
+    assert "503" in fields["error"]
