@@ -220,7 +220,11 @@ class KPSClient:
         return FailedPage(total, offset, limit, tasks, rejected)
 
     async def get_task_status(self, task_id: str) -> TaskStatus:
-        """What KPS says of one task: `RUNNING_RESET`, `SUCCESS_REPLACE`, `FAILED_UNBIND`…"""
+        """What KPS says of one task: `RUNNING_RESET`, `SUCCESS_REPLACE`, `FAILED_UNBIND`…
+
+        Any id but an empty one can be asked about: it goes into the path escaped, so a newline,
+        `/`, `?` or `#` from KPS reaches KPS as sent (issue 10, item 2).
+        """
         if not task_id:
             raise ValueError("task_id must not be empty")
         data, answer = await self._get(f"/tasks/{_path_segment(task_id)}", {})
