@@ -15,7 +15,8 @@ from urllib.parse import quote, unquote
 
 import httpx
 
-from bot.errors import KPSBadResponse, decode_error, request_id_of
+from bot.body import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_body
+from bot.errors import KPSBadResponse, KPSResponseTooLarge, decode_error, request_id_of
 from bot.secret import Secret
 
 ALGORITHM: Final = "SDK-HMAC-SHA256"
@@ -38,6 +39,10 @@ _SIGNED_HEADERS: Final = (
 # less, so short-lived tokens (a simulator's, a test's) are not renewed on every request.
 _MAX_RENEW_MARGIN: Final = 3600.0
 _RENEW_FRACTION: Final = 0.1
+
+# The most of an IAM answer, or of a KPS 401 that is about to be retried, the bot reads. A token
+# response without its catalog (nocatalog=true) is a few KB; with one, tens of KB.
+_MAX_IAM_BODY: Final = 1024 * 1024
 
 
 class StaticTokenAuth(httpx.Auth):
@@ -120,6 +125,9 @@ class IamPasswordAuth(httpx.Auth):
         response = yield request
         if response.status_code != 401:
             return
+        # httpx reads a response in full before the auth flow's next request; read it here
+        # within a cap instead, so a hostile 401 body cannot grow without bound.
+        await _read(response, "KPS")
         # A token can be revoked before it expires (password change, permission change, up to
         # 30 min later per §4): renew once and resend once; a second 401 goes back as it is.
         async with self._lock:
@@ -152,13 +160,16 @@ class IamPasswordAuth(httpx.Auth):
             "POST",
             self._url,
             params={"nocatalog": "true"},  # the service catalog is large and unused
-            headers={"Content-Type": "application/json;charset=utf8"},
+            headers={
+                "Content-Type": "application/json;charset=utf8",
+                "Accept-Encoding": ACCEPT_ENCODING,
+            },
             content=json.dumps(body).encode(),
             extensions=extensions,
         )
 
     async def _accept(self, response: httpx.Response) -> _Token:
-        await response.aread()
+        body = await _read(response, "IAM")
         if not response.is_success:
             raise decode_error(
                 response.status_code,
@@ -167,21 +178,30 @@ class IamPasswordAuth(httpx.Auth):
                 reason=response.reason_phrase,
                 service="IAM",
             )
+
+        def bad(detail: str) -> KPSBadResponse:
+            # Said as IAM's fault: users were told KPS sent something unreadable (issue 10, 12).
+            rid = request_id_of(response.headers)
+            return KPSBadResponse(
+                detail, status=response.status_code, request_id=rid, service="IAM"
+            )
+
         value = response.headers.get("X-Subject-Token")
         if not value:
-            raise KPSBadResponse(
-                "the IAM token response has no X-Subject-Token header",
-                status=response.status_code,
-                request_id=request_id_of(response.headers),
-            )
+            raise bad("the token response has no X-Subject-Token header, so there is no token")
         try:
-            expires_at = _parse_expiry(json.loads(response.content)["token"]["expires_at"])
-        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
-            raise KPSBadResponse(
-                "the IAM token response has no readable token.expires_at",
-                status=response.status_code,
-                request_id=request_id_of(response.headers),
-            ) from None
+            document = json.loads(body)
+        except (ValueError, RecursionError):
+            raise bad("the token response body is not JSON, so no token.expires_at") from None
+        fields = document.get("token") if isinstance(document, dict) else None
+        text = fields.get("expires_at") if isinstance(fields, dict) else None
+        if text is None:
+            raise bad("the token response has no token.expires_at")
+        try:
+            expires_at = _parse_expiry(text)
+        except (ValueError, TypeError, OverflowError):
+            shown = repr(text)[:40]
+            raise bad(f"token.expires_at {shown} is not an ISO 8601 time") from None
         now = self._clock()
         margin = self._renew_margin
         if margin is None:
@@ -189,6 +209,22 @@ class IamPasswordAuth(httpx.Auth):
         token = _Token(Secret(value), expires_at, expires_at - margin)
         self._token = token
         return token
+
+
+async def _read(response: httpx.Response, service: str) -> bytes:
+    """A response's body within `_MAX_IAM_BODY`, refused in that service's name past it."""
+    try:
+        return await read_body(response, _MAX_IAM_BODY)
+    except BodyTooLarge as exc:
+        rid = request_id_of(response.headers)
+        status = response.status_code
+        raise KPSResponseTooLarge(
+            exc.limit, status=status, request_id=rid, service=service
+        ) from None
+    except BodyUndecodable as exc:
+        rid = request_id_of(response.headers)
+        status = response.status_code
+        raise KPSBadResponse(str(exc), status=status, request_id=rid, service=service) from None
 
 
 def _parse_expiry(text: Any) -> float:
@@ -294,7 +330,10 @@ def canonical_request(method: str, url: httpx.URL, headers: Mapping[str, str], b
     return "\n".join(
         (
             method.upper(),
-            canonical_uri(url.path),
+            # The path as sent, still escaped: `url.path` is decoded, and canonical_uri decodes
+            # once more, as the SDK does with its escaped URI; decoding twice turned an id
+            # holding `%2F` into two segments and a signature KPS refuses.
+            canonical_uri(url.raw_path.split(b"?", 1)[0].decode("ascii")),
             canonical_query(url.params.multi_items()),
             canonical_headers,
             ";".join(names),

@@ -61,12 +61,15 @@ class KPSConnectionError(KPSError):
 class KPSBadResponse(KPSError):
     """KPS answered 2xx with a body that is not the documented JSON."""
 
-    def __init__(self, detail: str, *, status: int, request_id: str | None) -> None:
+    def __init__(
+        self, detail: str, *, status: int, request_id: str | None, service: str = "KPS"
+    ) -> None:
         self.detail = detail
         self.status = status
         self.request_id = request_id
+        self.service = service  # "IAM" when the token service sent it
         rid = f" (request id {request_id})" if request_id else ""
-        super().__init__(f"KPS sent a response that could not be read: {detail}{rid}")
+        super().__init__(f"{service} sent a response that could not be read: {detail}{rid}")
 
 
 def request_id_of(headers: Mapping[str, str]) -> str | None:
@@ -151,3 +154,36 @@ def _raw_text(body: bytes, reason: str) -> str:
         # An HTML error page from a proxy or gateway: its markup means nothing to a user.
         return f"{reason or 'error'} (HTML error page)"
     return text[:_RAW_TEXT_LIMIT]
+
+
+class KPSResponseTooLarge(KPSBadResponse):
+    """KPS (or IAM) sent a body larger than the bot will read; not retried."""
+
+    def __init__(
+        self, limit: int, *, status: int, request_id: str | None, service: str = "KPS"
+    ) -> None:
+        self.limit = limit
+        detail = f"the answer is larger than {limit:,} bytes, the most the bot reads"
+        super().__init__(detail, status=status, request_id=request_id, service=service)
+
+
+class KPSThrottled(KPSAPIError):
+    """KPS answered 429 and the bot stopped asking: its attempts ran out or the wait was too long.
+
+    `retry_after` is KPS's `Retry-After` in seconds, when it sent one.
+    """
+
+    def __init__(self, error: KPSAPIError, retry_after: float | None) -> None:
+        self.retry_after = retry_after
+        super().__init__(
+            error.status, error.error_code, error.error_msg, error.request_id, service=error.service
+        )
+
+    @property
+    def retryable(self) -> bool:  # type: ignore[override]
+        return False  # the bot has already given up on this request
+
+    def _describe(self) -> str:
+        wait = self.retry_after
+        asks = f"; it asks to wait {wait:,.0f} s (Retry-After)" if wait is not None else ""
+        return f"{self.service} is throttling requests{asks}. {super()._describe()}"

@@ -45,6 +45,18 @@ class FailedTask:
 
 
 @dataclass(frozen=True, slots=True)
+class BadRecord:
+    """A task record KPS sent that the bot cannot use, and why; the rest of its page is kept.
+
+    `reason` names the field and what is wrong with it; values in it come from KPS and must be
+    escaped like any KPS text before they are shown.
+    """
+
+    task_id: str | None  # None when the id itself is what could not be read
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """One page of running tasks: the tasks at `offset` and the total KPS reports."""
 
@@ -52,6 +64,7 @@ class Page:
     offset: int
     limit: int
     tasks: tuple[Task, ...]
+    rejected: tuple[BadRecord, ...] = ()  # records on this page left out as unusable
 
 
 @dataclass(frozen=True, slots=True)

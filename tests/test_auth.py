@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -13,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from bot.auth import IamPasswordAuth, StaticTokenAuth
-from bot.errors import KPSAPIError, KPSBadResponse
+from bot.errors import KPSAPIError, KPSBadResponse, KPSResponseTooLarge
+from bot.kps import KPSClient
 from bot.secret import Secret
 from bot.simulator import Simulator
 
@@ -41,7 +43,8 @@ class Cloud:
 
     clock: FakeClock
     lifetime: float = 24 * 3600.0
-    iam_mode: str = "ok"  # ok | no-header | bad-body | drop | hang | error-500
+    # ok | no-header | bad-body | bad-expiry | no-expiry | bomb | drop | hang | error-500
+    iam_mode: str = "ok"
     kps_rejects_all: bool = False
     issued: dict[str, float] = field(default_factory=dict)  # token -> expires_at
     revoked: set[str] = field(default_factory=set)
@@ -96,7 +99,16 @@ def _iam_app(cloud: Cloud) -> web.Application:
                 "project": {"id": PROJECT, "name": "cn-north-4"},
             }
         }
+        if cloud.iam_mode == "bad-expiry":
+            payload["token"]["expires_at"] = "next Tuesday"
+        if cloud.iam_mode == "no-expiry":
+            del payload["token"]["expires_at"]
         headers = {} if cloud.iam_mode == "no-header" else {"X-Subject-Token": token}
+        if cloud.iam_mode == "bomb":
+            # 8 MB of padding after the JSON, 8 KB on the wire.
+            body = gzip.compress(json.dumps(payload).encode() + b" " * (8 << 20))
+            headers["Content-Encoding"] = "gzip"
+            return web.Response(status=201, body=body, headers=headers)
         text = "{not json" if cloud.iam_mode == "bad-body" else json.dumps(payload)
         return web.Response(status=201, text=text, content_type="application/json", headers=headers)
 
@@ -323,6 +335,42 @@ async def test_unreadable_token_response_is_a_bad_response(
     assert caught.value.status == 201
     assert TOKEN_PREFIX not in str(caught.value) + repr(caught.value)
     assert recovered.status_code == 200  # nothing half-stored, the lock was let go
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("no-header", "the token response has no X-Subject-Token header"),
+        ("bad-body", "the token response body is not JSON"),
+        ("no-expiry", "the token response has no token.expires_at"),
+        ("bad-expiry", "token.expires_at 'next Tuesday' is not an ISO 8601 time"),
+    ],
+)
+async def test_an_unreadable_token_response_names_iam_and_what_was_wrong(
+    base_url: str, cloud: Cloud, mode: str, said: str
+) -> None:
+    # Issue 10, item 12: users read "KPS sent an answer the bot cannot read (HTTP 201)".
+    cloud.iam_mode = mode
+    async with httpx.AsyncClient(auth=_auth(base_url, cloud), timeout=5) as http:
+        kps = KPSClient(http, endpoint=base_url, project_id=PROJECT)
+        with pytest.raises(KPSBadResponse) as caught:
+            await kps.list_running_tasks()
+
+    error = caught.value
+    assert error.service == "IAM" and error.status == 201
+    assert str(error).startswith(f"IAM sent a response that could not be read: {said}")
+    assert "KPS" not in str(error)
+    assert cloud.iam_requests == 1  # not retried: asking again gets the same answer
+    assert cloud.kps_tokens == []  # KPS was never asked
+
+
+async def test_an_iam_gzip_bomb_is_refused_at_the_cap(base_url: str, cloud: Cloud) -> None:
+    cloud.iam_mode = "bomb"
+    async with httpx.AsyncClient(base_url=base_url, auth=_auth(base_url, cloud)) as client:
+        with pytest.raises(KPSResponseTooLarge) as caught:
+            await client.get(_tasks_path())
+    assert caught.value.service == "IAM"
+    assert str(caught.value).startswith("IAM sent a response that could not be read: the answer")
 
 
 async def test_transport_errors_propagate_and_release_the_lock(base_url: str, cloud: Cloud) -> None:

@@ -14,6 +14,7 @@ from bot.errors import (
     KPSAPIError,
     KPSBadResponse,
     KPSConnectionError,
+    KPSThrottled,
     KPSTimeout,
     decode_error,
     request_id_of,
@@ -196,12 +197,20 @@ async def test_transient_failures_are_retried_with_backoff(
     assert sleeps.waits == [0.25, 0.5, 1.0]  # jitter pinned at its ceiling
 
 
-async def test_retry_after_is_honoured_and_capped(sim: Simulator, http: httpx.AsyncClient) -> None:
+async def test_retry_after_is_honoured_up_to_the_cap(
+    sim: Simulator, http: httpx.AsyncClient
+) -> None:
     sleeps = Sleeps()
     sim.inject(Fault(kind="retry_after", delay=2))
     sim.inject(Fault(kind="retry_after", delay=3600))
-    await client_for(sim, http, sleeps).list_running_tasks()
-    assert sleeps.waits == [2.0, RetryPolicy().max_retry_after]
+    # Issue 10 item 11: a Retry-After past the cap used to be waited out (capped at 30 s, three
+    # times over); now it ends the call at once, and the error says KPS is throttling.
+    with pytest.raises(KPSThrottled) as caught:
+        await client_for(sim, http, sleeps).list_running_tasks()
+    assert sleeps.waits == [2.0]
+    assert sim.count("GET", "/v3/") == 2
+    assert caught.value.status == 429 and caught.value.retry_after == 3600
+    assert "KPS is throttling" in str(caught.value) and "3,600 s" in str(caught.value)
 
 
 async def test_attempts_are_bounded(sim: Simulator, http: httpx.AsyncClient) -> None:
