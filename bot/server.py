@@ -11,6 +11,7 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
 from bot.app import Runtime, build_runtime
 from bot.config import Settings
+from bot.gate import GATE, RUNNER_OPTIONS, Gate, Limits
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +19,13 @@ SLACK_PATH = "/slack/events"
 DRAIN_SECONDS = 25.0  # Heroku and Kubernetes both allow about 30 s between SIGTERM and SIGKILL
 
 
-def build_web_app(runtime: Runtime, stopping: asyncio.Event) -> web.Application:
-    """Bolt's aiohttp app for `/slack/events` plus `GET /healthz`."""
-    web_app = runtime.app.web_app(path=SLACK_PATH)
+def build_web_app(
+    runtime: Runtime, stopping: asyncio.Event, limits: Limits | None = None
+) -> web.Application:
+    """The gated Bolt app for `/slack/events` plus `GET /healthz`."""
+    secret = runtime.settings.slack_signing_secret
+    assert secret is not None  # HTTP mode requires it (config)
+    web_app = Gate(runtime.app, secret.reveal(), limits).web_app(SLACK_PATH)
 
     async def healthz(_: web.Request) -> web.Response:
         if stopping.is_set():
@@ -90,14 +95,15 @@ async def _serve_socket(runtime: Runtime, stop: asyncio.Event) -> None:
 
 async def _serve_http(runtime: Runtime, stop: asyncio.Event, host: str) -> None:
     web_app = build_web_app(runtime, stop)
-    runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+    runner = web.AppRunner(
+        web_app, access_log=None, shutdown_timeout=DRAIN_SECONDS, **RUNNER_OPTIONS
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, runtime.settings.port)
-    await site.start()
+    await web_app[GATE].listen(runner, host, runtime.settings.port)
     log.info("listening", extra={"port": runtime.settings.port, "path": SLACK_PATH})
     await stop.wait()
     log.info("stopping: refusing new requests, finishing work in flight")
-    await site.stop()
+    web_app[GATE].close()
     await _drain(runtime)
     await runner.cleanup()
 
