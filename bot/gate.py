@@ -24,6 +24,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_bolt.context.async_context import AsyncBoltContext
@@ -368,10 +369,21 @@ def _quiet_bolt() -> None:
         logger.addFilter(_QuietBoltSignatureLog())
 
 
-# Slack never compresses what it sends; decompressing would let a small request grow in memory.
-# After an answer sent before the body was read (413, 408), aiohttp reads and drops the rest for
-# `lingering_time` (default 10 s) before closing; a second is courtesy enough.
-RUNNER_OPTIONS: Final[dict[str, Any]] = {"auto_decompress": False, "lingering_time": 1.0}
+class _MalformedHttp(logging.Filter):
+    # aiohttp logs every request it cannot parse at ERROR with a traceback (about 500 bytes);
+    # that is the peer's fault, not ours, so it joins the refusals' flood log as one short line.
+    def __init__(self, flood: _FloodLog) -> None:
+        super().__init__()
+        self._flood = flood
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if not isinstance(error, HttpProcessingError):
+            return True
+        peer = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        detail = str(error.message).splitlines()[0][:80] if error.message else type(error).__name__
+        self._flood.event("malformed_http", "refused a malformed request", peer=peer, detail=detail)
+        return False
 
 
 class Gate:
@@ -390,7 +402,22 @@ class Gate:
         )
         self.guard = _ConnectionGuard(self.limits, self._connections)
         self._listener: asyncio.Server | None = None
+        # A logger of this gate's own below aiohttp's, so the filter goes with this server only.
+        self._http_log = logging.Logger("aiohttp.server")
+        self._http_log.parent = logging.getLogger("aiohttp.server")
+        self._http_log.addFilter(_MalformedHttp(self._refusals))
         _quiet_bolt()
+
+    def runner_options(self) -> dict[str, Any]:
+        """Keyword arguments for the `web.AppRunner` that serves this gate's app."""
+        return {
+            # Slack never compresses what it sends; inflating would let a small body grow.
+            "auto_decompress": False,
+            # After an answer sent before the body was read (413, 408), aiohttp reads and drops
+            # the rest for `lingering_time` (default 10 s) before closing: a second is enough.
+            "lingering_time": 1.0,
+            "logger": self._http_log,
+        }
 
     def web_app(self, path: str) -> web.Application:
         """An aiohttp app serving Slack's POSTs on `path`; add other routes to it freely."""

@@ -11,7 +11,7 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
 from bot.app import Runtime, build_runtime
 from bot.config import Settings
-from bot.gate import GATE, RUNNER_OPTIONS, Gate, Limits
+from bot.gate import GATE, Gate, Limits
 
 log = logging.getLogger(__name__)
 
@@ -95,15 +95,16 @@ async def _serve_socket(runtime: Runtime, stop: asyncio.Event) -> None:
 
 async def _serve_http(runtime: Runtime, stop: asyncio.Event, host: str) -> None:
     web_app = build_web_app(runtime, stop)
+    gate = web_app[GATE]
     runner = web.AppRunner(
-        web_app, access_log=None, shutdown_timeout=DRAIN_SECONDS, **RUNNER_OPTIONS
+        web_app, access_log=None, shutdown_timeout=DRAIN_SECONDS, **gate.runner_options()
     )
     await runner.setup()
-    await web_app[GATE].listen(runner, host, runtime.settings.port)
+    await gate.listen(runner, host, runtime.settings.port)
     log.info("listening", extra={"port": runtime.settings.port, "path": SLACK_PATH})
     await stop.wait()
     log.info("stopping: refusing new requests, finishing work in flight")
-    web_app[GATE].close()
+    gate.close()
     await _drain(runtime)
     await runner.cleanup()
 
