@@ -6,6 +6,12 @@ Opens `--idle` half-open connections (silent, part of a header, or a POST whose 
 comes), prints `{"idle": N}`, then sends `--unsigned` requests with a bad signature and a
 64 KiB body at once, and prints one JSON line with what came back and when each half-open
 connection was closed by the server. Tests run it beside a bot and time a signed /kps meanwhile.
+
+Measured on the 2-core CI machine, bot process limited to 1,024 descriptors, 1,000 half-open and
+200 unsigned 64 KiB requests (issue 10 item 7): before the gate, 100 answers were 500, 23,354
+"Too many open files" lines made 17.6 MB of log, acks took up to 1.8 s and no half-open connection
+was ever closed; with it, 200 × 401, 3 kB of log in 46 lines, signed acks 17 ms median (106 ms
+worst, 30 ms without the flood), and every half-open connection closed within 11.4 s.
 """
 
 from __future__ import annotations
