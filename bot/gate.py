@@ -2,8 +2,8 @@
 
 Everything here faces people who hold no secret. A request to `/slack/events` is read with a size
 cap and a deadline, its Slack signature is checked over the raw bytes, and only then does Bolt get
-it; a refused request costs one short log line (never its body). Connections are capped, the
-oldest idle one making room for a new one, and floods are logged once per interval.
+it; a refused request costs at most one short log line (never its body), and past a few a
+minute only a count. Connections are capped, the oldest idle one making room for a new one.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ class Limits:
     # Slack documents no request-size maximum. 1 MiB is the aiohttp default Bolt's adapter has
     # always applied (so nothing larger ever worked); our largest payload, a Home tab click that
     # carries its view (views.publish caps views at 250 kB), fits even form-encoded three times.
+    # (bolt-js 5.1 added the same guard as a security fix, defaulting to 4 MB.)
     max_body_bytes: int = 1024 * 1024
     # Slack wants an answer within 3 s of sending, so a body still arriving after 5 s is not
     # Slack's; a connection that has sent no complete request after 10 s is not Slack's either.
