@@ -24,6 +24,7 @@ from bot import handlers
 from bot.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
 from bot.blocks import build_line
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings, TokenAuthSettings
+from bot.gate import ResponseUrls, mark_verified, passed_verification
 from bot.kps import KPSClient, RetryPolicy
 from bot.logs import correlation_id, new_correlation_id, register_secret
 from bot.replies import Replies
@@ -138,7 +139,11 @@ def build_runtime(
     services = Services(
         settings=settings,
         kps=kps,
-        replies=Replies(session, retry_handlers=retry),
+        replies=Replies(
+            session,
+            retry_handlers=retry,
+            allowed=ResponseUrls.for_api(settings.slack_api_url).allows,
+        ),
         store=store,
     )
     watcher = None
@@ -183,14 +188,19 @@ def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> 
         log.info("slack request", extra=_describe(body))
         await next()
 
+    app.use(mark_verified)  # first: what on_error trusts
     app.use(log_request)
     app.use(provide)
     handlers.register(app)
 
-    async def on_error(error: Exception, body: dict[str, Any]) -> BoltResponse | None:
+    async def on_error(
+        error: Exception, body: dict[str, Any], context: AsyncBoltContext
+    ) -> BoltResponse | None:
         log.error("unhandled error in a listener", exc_info=error)
         url = body.get("response_url")
-        if isinstance(url, str):
+        # An unverified body (Bolt calls this hook for its own middleware's errors too) must
+        # never choose where the bot posts.
+        if isinstance(url, str) and passed_verification(context):
             cid = correlation_id.get() or "unknown"
             notice = build_line(
                 f"Something went wrong on our side. It has been logged with id `{cid}`."

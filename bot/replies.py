@@ -8,7 +8,7 @@ so we keep the library and hand it ours.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import aiohttp
@@ -16,6 +16,7 @@ from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
 from bot.blockkit import Message
+from bot.gate import SLACK_HOOKS_ONLY, describe_url
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,10 @@ class Replies:
         *,
         retry_handlers: Sequence[AsyncRetryHandler] = (),
         timeout: int = 10,
+        allowed: Callable[[str], bool] = SLACK_HOOKS_ONLY.allows,
     ) -> None:
         self._session = session
+        self._allowed = allowed
         self._retry_handlers = list(retry_handlers)
         self._timeout = timeout
 
@@ -49,6 +52,10 @@ class Replies:
         `replace_original` is always sent explicitly: legacy messages replaced by default and a
         missing flag has surprised people before (research/slack-bolt.md §1).
         """
+        if not self._allowed(response_url):
+            # The path is a credential for that reply: log where it pointed, not all of it.
+            log.warning("refused a response_url", extra={"host": describe_url(response_url)})
+            return False
         client = AsyncWebhookClient(
             response_url,
             session=self._session,

@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import Runtime, build_runtime
 from bot.config import Settings
+from bot.gate import GATE, Gate, Limits
 from bot.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -20,9 +21,13 @@ SLACK_PATH = "/slack/events"
 DRAIN_SECONDS = 25.0  # Heroku and Kubernetes both allow about 30 s between SIGTERM and SIGKILL
 
 
-def build_web_app(runtime: Runtime, stopping: asyncio.Event) -> web.Application:
-    """Bolt's aiohttp app for `/slack/events` plus `GET /healthz` (503 while the watcher fails)."""
-    web_app = runtime.app.web_app(path=SLACK_PATH)
+def build_web_app(
+    runtime: Runtime, stopping: asyncio.Event, limits: Limits | None = None
+) -> web.Application:
+    """The gated Bolt app for `/slack/events` plus `GET /healthz` (503 while the watcher fails)."""
+    secret = runtime.settings.slack_signing_secret
+    assert secret is not None  # HTTP mode requires it (config)
+    web_app = Gate(runtime.app, secret.reveal(), limits).web_app(SLACK_PATH)
 
     async def healthz(_: web.Request) -> web.Response:
         if stopping.is_set():
@@ -98,14 +103,16 @@ async def _serve_socket(runtime: Runtime, stop: asyncio.Event) -> None:
 
 async def _serve_http(runtime: Runtime, stop: asyncio.Event, host: str) -> None:
     web_app = build_web_app(runtime, stop)
-    runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
+    gate = web_app[GATE]
+    runner = web.AppRunner(
+        web_app, access_log=None, shutdown_timeout=DRAIN_SECONDS, **gate.runner_options()
+    )
     await runner.setup()
-    site = web.TCPSite(runner, host, runtime.settings.port)
-    await site.start()
+    await gate.listen(runner, host, runtime.settings.port)
     log.info("listening", extra={"port": runtime.settings.port, "path": SLACK_PATH})
     await stop.wait()
     log.info("stopping: refusing new requests, finishing work in flight")
-    await site.stop()
+    gate.close()
     await _drain(runtime)
     await runner.cleanup()
 
