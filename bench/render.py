@@ -39,7 +39,7 @@ class RenderCase:
 def render_cases() -> list[RenderCase]:
     """What part 4 times. Part 3 adds 'one notice' here once the watcher's builder exists."""
     from bot.blocks import PageContext, PageRef, build_page
-    from bot.simulator import seed_tasks
+    from bot.sandbox.simulator import seed_tasks
     from bot.tasks import Task
 
     now = datetime.now(UTC)

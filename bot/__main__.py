@@ -61,8 +61,13 @@ def _wants_demo(environ: Mapping[str, str]) -> bool:
     return wants_demo(
         environ,
         dotenv_present=Path(".env").is_file(),
-        interactive=sys.stdin.isatty() and sys.stdout.isatty(),
+        interactive=_interactive(),
     )
+
+
+def _interactive() -> bool:
+    # Both ends at a terminal: a person typing. Either one closed (None) or redirected is a service.
+    return all(stream is not None and stream.isatty() for stream in (sys.stdin, sys.stdout))
 
 
 def _demo(args: list[str], *, defaulted: bool) -> int:

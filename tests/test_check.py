@@ -9,9 +9,9 @@ from pathlib import Path
 
 from bot.check import run_check
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, TokenAuthSettings
-from bot.fakeslack import FakeSlack
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import Simulator
 from bot.secret import Secret
-from bot.simulator import Simulator
 from tests.conftest import PROJECT, free_port, make_settings
 
 

@@ -12,8 +12,8 @@ import pytest
 from bot.auth import StaticTokenAuth
 from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSTimeout
 from bot.kps import KPSClient, RetryPolicy
+from bot.sandbox.simulator import Fault, RecordedRequest, Simulator, seed_tasks
 from bot.secret import Secret
-from bot.simulator import Fault, RecordedRequest, Simulator, seed_tasks
 from tests.conftest import PROJECT, TOKEN, free_port
 
 

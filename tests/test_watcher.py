@@ -13,11 +13,12 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import slack_retry_handlers
-from bot.fakeslack import FakeSlack
 from bot.kps import KPSClient
-from bot.simulator import Fault, RecordedRequest, Simulator
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import Fault, RecordedRequest, Simulator
 from bot.store import Store
 from tests.conftest import ALERTS, PROJECT
+from tests.standin import wait_for
 from tests.watching import (
     Clock,
     add_stale,
@@ -323,9 +324,9 @@ async def test_a_crash_between_outbox_and_send_delivers_once_after_restart(
     second = make_watcher(second_store, kps_client, slack_client, lease_ttl=0.5, holder="second")
     second.start()
     try:
-        await slack.wait_for("chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
         (late,) = add_stale(empty_sim, 1)
-        await slack.wait_for("chat.postMessage", 2, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 2, timeout=10, where=lambda c: c.ok)
     finally:
         await second.stop()
         await second_store.close()
@@ -453,7 +454,7 @@ async def test_the_loop_survives_an_error_and_gives_the_lease_up_on_stop(
     watcher = make_watcher(store, kps_client, slack_client, holder="me")
     with caplog.at_level(logging.ERROR, logger="bot.watcher"):
         watcher.start()
-        await slack.wait_for("chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
         assert watcher.role == "leader"
         assert await store.lease_holder(now=Clock()()) == "me"
         await watcher.stop()

@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.fakeslack import FakeSlack
 from bot.kps import KPSClient
-from bot.simulator import SimTask, Simulator
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import SimTask, Simulator
 from bot.store import Store
 from bot.watcher import Watcher
 from tests.conftest import ALERTS, PROJECT

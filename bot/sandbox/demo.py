@@ -26,12 +26,12 @@ from typing import IO, Final, Self
 import aiohttp
 
 from bot.config import Settings, TokenAuthSettings
-from bot.sandbox.fakeslack import FakeSlack
 from bot.logs import configure_logging
+from bot.sandbox.fakeslack import FakeSlack
 from bot.sandbox.playground import Playground, PlaygroundConfig
+from bot.sandbox.simulator import SimTask, Simulator, seed_tasks
 from bot.secret import Secret
 from bot.server import serve
-from bot.sandbox.simulator import SimTask, Simulator, seed_tasks
 
 PROJECT_ID: Final = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 REGION: Final = "cn-north-4"
