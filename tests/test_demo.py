@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
@@ -94,6 +95,34 @@ def test_python_m_bot_without_settings_and_without_a_terminal_fails(
     assert "kps-bot cannot start" in result.stderr
     assert "SLACK_BOT_TOKEN is required" in result.stderr
     assert "playground" not in result.stdout + result.stderr
+
+
+def test_the_bot_never_imports_the_sandbox() -> None:
+    """Only `python -m bot demo` (bot/__main__.py, inside a function) may load bot.sandbox."""
+    found = []
+    for path in sorted((ROOT / "bot").rglob("*.py")):
+        if (ROOT / "bot" / "sandbox") in path.parents:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        lazy = {
+            id(node)
+            for function in ast.walk(tree)
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(function)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module is not None:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            if not any(name == "bot.sandbox" or name.startswith("bot.sandbox.") for name in names):
+                continue
+            allowed = path == ROOT / "bot" / "__main__.py" and id(node) in lazy
+            if not allowed:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []
 
 
 def test_demo_tasks_are_a_few_dozen_with_stale_ones_and_every_operation() -> None:
