@@ -20,7 +20,6 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Final, Self
 
 from aiohttp import web
@@ -38,12 +37,10 @@ from bot.sandbox.simulator.answers import (
     task_json,
 )
 from bot.sandbox.simulator.faults import IAM_PREFIX, Fault, FaultQueue, fault_response
-from bot.sandbox.simulator.signing import expected_signature, parse_authorization
+from bot.sandbox.simulator.signing import check_signature
 from bot.sandbox.simulator.tasks import SimTask, TaskList
 
 _DEFAULT_LIMIT: Final = 1000  # the running-tasks page documents 1000 as the default limit
-_SDK_DATE_FORMAT: Final = "%Y%m%dT%H%M%SZ"
-_MAX_CLOCK_SKEW: Final = 15 * 60  # APIG refuses an X-Sdk-Date more than 15 min off (§5)
 _DIGITS: Final = re.compile(r"[0-9]+")
 
 
@@ -352,60 +349,19 @@ class Simulator:
             return None
         authorization = request.headers.get("Authorization")
         if authorization:
-            return await self._check_signature(request, authorization)
+            return await check_signature(
+                request,
+                authorization,
+                aksk=self._aksk,
+                security_tokens=self._security_tokens,
+                now=self.clock(),
+            )
         return apig_error(
             request,
             401,
             "APIG.0301",
             "Incorrect IAM authentication information: x-auth-token not found",
         )
-
-    async def _check_signature(
-        self, request: web.Request, authorization: str
-    ) -> web.Response | None:
-        def refuse(detail: str) -> web.Response:
-            return apig_error(
-                request, 401, "APIG.0301", f"Incorrect IAM authentication information: {detail}"
-            )
-
-        parts = parse_authorization(authorization)
-        if parts is None:
-            return refuse("verify aksk signature fail")
-        secret_key = self._aksk.get(parts["Access"])
-        if secret_key is None:
-            return refuse("verify aksk signature fail")
-        sdk_date = request.headers.get("X-Sdk-Date", "")
-        try:
-            signed_at = datetime.strptime(sdk_date, _SDK_DATE_FORMAT).replace(tzinfo=UTC)
-        except ValueError:
-            return refuse("verify aksk signature fail")
-        if abs(signed_at.timestamp() - self.clock()) > _MAX_CLOCK_SKEW:
-            return apig_error(
-                request,
-                401,
-                "APIG.0303",
-                "Incorrect app authentication information: signature expired",
-            )
-        if self._security_tokens and (
-            request.headers.get("X-Security-Token") not in self._security_tokens
-        ):
-            return refuse("verify security token fail")
-        headers = {name.lower(): ",".join(request.headers.getall(name)) for name in request.headers}
-        try:
-            expected = expected_signature(
-                method=request.method,
-                raw_path=request.rel_url.raw_path,
-                raw_query=request.rel_url.raw_query_string,
-                headers=headers,
-                signed_headers=[h for h in parts["SignedHeaders"].split(";") if h],
-                body=await request.read(),
-                secret_key=secret_key,
-            )
-        except KeyError:
-            return refuse("verify aksk signature fail")
-        if not hmac.compare_digest(expected, parts["Signature"]):
-            return refuse("verify aksk signature fail")
-        return None
 
     def _check_project(self, request: web.Request) -> web.Response | None:
         segments = request.path.split("/")

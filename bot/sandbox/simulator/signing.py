@@ -1,4 +1,4 @@
-"""SDK-HMAC-SHA256 as the API gateway checks it, recomputed from the published algorithm.
+"""AK/SK request signing (SDK-HMAC-SHA256) as the API gateway checks it, from the algorithm.
 
 Written from the algorithm (kps-api.md §5 in the shared research notes), not from a client, so a
 test that signs with the bot's code and checks here compares two independent implementations.
@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Final
 from urllib.parse import quote, unquote
 
+from aiohttp import web
+
+from bot.sandbox.simulator.answers import apig_error
+
 _EMPTY_SHA256: Final = hashlib.sha256(b"").hexdigest()
+_SDK_DATE_FORMAT: Final = "%Y%m%dT%H%M%SZ"
+_MAX_CLOCK_SKEW: Final = 15 * 60  # APIG refuses an X-Sdk-Date more than 15 min off (§5)
 
 
 def _canonical_uri(raw_path: str) -> str:
@@ -73,7 +80,7 @@ def expected_signature(
     return hmac.new(secret_key.encode(), string_to_sign.encode(), hashlib.sha256).hexdigest()
 
 
-def parse_authorization(value: str) -> dict[str, str] | None:
+def _parse_authorization(value: str) -> dict[str, str] | None:
     """Access, SignedHeaders and Signature from an SDK-HMAC-SHA256 header; None if malformed."""
     # "SDK-HMAC-SHA256 Access=AK, SignedHeaders=a;b, Signature=hex": a space after the algorithm,
     # ", " between the fields.
@@ -88,3 +95,56 @@ def parse_authorization(value: str) -> dict[str, str] | None:
     if not {"Access", "SignedHeaders", "Signature"} <= parts.keys():
         return None
     return parts
+
+
+async def check_signature(
+    request: web.Request,
+    authorization: str,
+    *,
+    aksk: Mapping[str, str],
+    security_tokens: Collection[str],
+    now: float,
+) -> web.Response | None:
+    """None when the request is signed by a known AK, in time; else the gateway's refusal."""
+
+    def refuse(detail: str) -> web.Response:
+        return apig_error(
+            request, 401, "APIG.0301", f"Incorrect IAM authentication information: {detail}"
+        )
+
+    parts = _parse_authorization(authorization)
+    if parts is None:
+        return refuse("verify aksk signature fail")
+    secret_key = aksk.get(parts["Access"])
+    if secret_key is None:
+        return refuse("verify aksk signature fail")
+    sdk_date = request.headers.get("X-Sdk-Date", "")
+    try:
+        signed_at = datetime.strptime(sdk_date, _SDK_DATE_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return refuse("verify aksk signature fail")
+    if abs(signed_at.timestamp() - now) > _MAX_CLOCK_SKEW:
+        return apig_error(
+            request,
+            401,
+            "APIG.0303",
+            "Incorrect app authentication information: signature expired",
+        )
+    if security_tokens and (request.headers.get("X-Security-Token") not in security_tokens):
+        return refuse("verify security token fail")
+    headers = {name.lower(): ",".join(request.headers.getall(name)) for name in request.headers}
+    try:
+        expected = expected_signature(
+            method=request.method,
+            raw_path=request.rel_url.raw_path,
+            raw_query=request.rel_url.raw_query_string,
+            headers=headers,
+            signed_headers=[h for h in parts["SignedHeaders"].split(";") if h],
+            body=await request.read(),
+            secret_key=secret_key,
+        )
+    except KeyError:
+        return refuse("verify aksk signature fail")
+    if not hmac.compare_digest(expected, parts["Signature"]):
+        return refuse("verify aksk signature fail")
+    return None
