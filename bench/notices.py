@@ -34,9 +34,9 @@ from typing import Any
 import httpx
 
 from bot.blockkit import MESSAGE_MAX_BLOCKS
-from bot.fakeslack import Call, FakeSlack
 from bot.notices import NOTICE_SHOWN
-from bot.simulator import Simulator
+from bot.sandbox.fakeslack import Call, FakeSlack
+from bot.sandbox.simulator import Simulator
 
 PYTHON = sys.executable
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,7 +40,7 @@ def render_cases() -> list[RenderCase]:
     """What part 4 times. Part 3 adds 'one notice' here once the watcher's builder exists."""
     from bot.blockkit import ViewContext
     from bot.blocks import PageRef, build_page
-    from bot.simulator import seed_tasks
+    from bot.sandbox.simulator import seed_tasks
     from bot.tasks import Task
 
     now = datetime.now(UTC)

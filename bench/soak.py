@@ -73,8 +73,8 @@ from bench.notices import (
     start_bot,
     wait_role,
 )
-from bot.fakeslack import Call, FakeSlack
-from bot.simulator import Fault, RecordedRequest, Simulator
+from bot.sandbox.fakeslack import Call, FakeSlack
+from bot.sandbox.simulator import Fault, RecordedRequest, Simulator
 from bot.store import alerts, outbox
 
 STALE_MS = STALE_MINUTES * 60_000

@@ -50,7 +50,7 @@ def start_environment(
         [
             PYTHON,
             "-m",
-            "bot.simulator",
+            "bot.sandbox.simulator",
             "--port",
             str(sim_port),
             "--tasks",
@@ -67,7 +67,7 @@ def start_environment(
     )
     slack = start(
         f"{tag}-fakeslack",
-        [PYTHON, "-m", "bot.fakeslack", "--port", str(slack_port)],
+        [PYTHON, "-m", "bot.sandbox.fakeslack", "--port", str(slack_port)],
         cpus=placement.rest,
         log_dir=log_dir,
     )

@@ -1,4 +1,4 @@
-"""`python -m bot` runs the bot (the demo when nothing is configured); `check` checks settings."""
+"""`python -m bot` runs the bot (the demo for someone trying it out); `check` checks settings."""
 
 from __future__ import annotations
 
@@ -17,6 +17,9 @@ USAGE = "usage: python -m bot [check | demo [--port N] [--help]]"
 # Any of these set means someone is configuring a real bot, so the demo stays out of the way
 # (LOG_* or PORT alone say nothing about Slack or KPS).
 REAL_SETTINGS_PREFIXES: Final = ("SLACK_", "HUAWEICLOUD_", "KPS_", "IAM_", "STALE_", "STATE_URL")
+# Set by a platform that runs the process as a service (Heroku's dyno, Kubernetes, any PaaS that
+# assigns the port): there nobody is trying the demo, and a lost config must fail loudly instead.
+HOSTED_MARKERS: Final = ("PORT", "DYNO", "KUBERNETES_SERVICE_HOST")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,20 +44,36 @@ def main(argv: list[str] | None = None) -> int:
     return asyncio.run(serve(settings))
 
 
-def wants_demo(environ: Mapping[str, str], *, dotenv_present: bool) -> bool:
-    """True when there is no `.env` and no Slack or Huawei Cloud setting in `environ`."""
-    if dotenv_present:
+def wants_demo(environ: Mapping[str, str], *, dotenv_present: bool, interactive: bool) -> bool:
+    """True when a person is evidently trying the bot out, so the demo should start by itself.
+
+    That is: at an interactive terminal, on no hosting platform, with no `.env` and no Slack or
+    Huawei Cloud setting in `environ`. Anywhere else a missing setting is an error to report.
+    """
+    if dotenv_present or not interactive:
+        return False
+    if any(name in environ for name in HOSTED_MARKERS):
         return False
     return not any(name.startswith(REAL_SETTINGS_PREFIXES) for name in environ)
 
 
 def _wants_demo(environ: Mapping[str, str]) -> bool:
-    return wants_demo(environ, dotenv_present=Path(".env").is_file())
+    return wants_demo(
+        environ,
+        dotenv_present=Path(".env").is_file(),
+        interactive=_interactive(),
+    )
+
+
+def _interactive() -> bool:
+    # Both ends at a terminal: a person typing. Either one closed (None) or redirected is a service.
+    return all(stream is not None and stream.isatty() for stream in (sys.stdin, sys.stdout))
 
 
 def _demo(args: list[str], *, defaulted: bool) -> int:
-    # Imported only here: the demo brings the simulator and the stand-in, which the bot never needs.
-    from bot import demo
+    # Imported only here: the sandbox brings the simulator and the stand-in, which the bot never
+    # needs; this is the one place outside bot/sandbox/ that may import it.
+    from bot.sandbox import demo
 
     return demo.main(args, defaulted=defaulted)
 

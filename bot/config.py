@@ -532,9 +532,16 @@ def _state_url(read: _Reader) -> Secret:
         hint = "; for PostgreSQL write postgresql+asyncpg://…" if "postgres" in scheme else ""
         read.problem(
             f"STATE_URL must start with sqlite+aiosqlite:// or postgresql+asyncpg://"
-            f" (got scheme {scheme!r}{hint})"
+            f" (got scheme {_scheme_shown(scheme)}{hint})"
         )
     return Secret(value)
+
+
+def _scheme_shown(scheme: str) -> str:
+    """A driver name (letters and '+') as itself; anything else may be a pasted secret."""
+    if re.fullmatch(r"[a-z]+(\+[a-z]+)?", scheme):
+        return repr(scheme)
+    return f"{describe(scheme)}; not shown"
 
 
 def _url_password(url: str) -> str | None:

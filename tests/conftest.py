@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from bot.config import Settings, TokenAuthSettings
-from bot.fakeslack import FakeSlack
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import Simulator, seed_tasks
 from bot.secret import Secret
 from bot.server import serve
-from bot.simulator import Simulator, seed_tasks
 from tests.signed import SlackSender
 
 TOKEN = "sim-static-token"

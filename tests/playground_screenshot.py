@@ -10,7 +10,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from bot.demo import Demo, DemoOptions
+from bot.sandbox.demo import Demo, DemoOptions
 from tests.browser import open_page
 
 DEFAULT = Path(__file__).resolve().parent.parent / "docs" / "playground.png"

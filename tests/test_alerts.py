@@ -7,11 +7,12 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from bot.fakeslack import Call, FakeSlack
 from bot.notices import ACTION_ACK, ACTION_STALE_LIST, SNOOZE_ACTIONS, NoticeRef
+from bot.sandbox.fakeslack import Call, FakeSlack
+from bot.sandbox.simulator import Simulator
 from bot.secret import Secret
-from bot.simulator import Simulator
 from tests.conftest import ALERTS, RunningBot
+from tests.standin import wait_for
 from tests.watching import add_stale, shown, top_level
 
 
@@ -44,32 +45,33 @@ async def test_acknowledge_and_snooze_survive_a_restart(
     sim.tasks = []
     first_tasks = add_stale(sim, 2)
     bot = await start(bot_factory, state_url)
-    await slack.wait_for("chat.postMessage", 1, timeout=10, where=notice_post)
+    await wait_for(slack, "chat.postMessage", 1, timeout=10, where=notice_post)
     (first,) = top_level(slack)
     await bot.sender.action(
         ACTION_ACK, value_of(first, ACTION_ACK), slack.response_url(), user="U0ALICE"
     )
-    await slack.wait_for("chat.update", 1, timeout=10, where=updated_with("Acknowledged by"))
+    await wait_for(slack, "chat.update", 1, timeout=10, where=updated_with("Acknowledged by"))
     assert "Acknowledged by <@U0ALICE>" in shown(top_level(slack)[0])
 
     add_stale(sim, 1)
-    await slack.wait_for("chat.postMessage", 2, timeout=10, where=notice_post)
+    await wait_for(slack, "chat.postMessage", 2, timeout=10, where=notice_post)
     second = top_level(slack)[1]
     four_hours = SNOOZE_ACTIONS[1]
     assert NoticeRef.parse(value_of(second, four_hours)).hours == 4
     await bot.sender.action(
         four_hours, value_of(second, four_hours), slack.response_url(), user="U0BOB"
     )
-    await slack.wait_for("chat.update", 1, timeout=10, where=updated_with("snoozed by <@U0BOB>"))
+    await wait_for(slack, "chat.update", 1, timeout=10, where=updated_with("snoozed by <@U0BOB>"))
     assert await bot.shutdown() == 0
 
     # Restarted, with reminders every second: only the third notice, neither acknowledged nor
     # snoozed, gets one; the two older ones were due first and stay quiet.
     again = await start(bot_factory, state_url, renotify_after=timedelta(seconds=1))
     add_stale(sim, 1)
-    await slack.wait_for("chat.postMessage", 3, timeout=10, where=notice_post)
+    await wait_for(slack, "chat.postMessage", 3, timeout=10, where=notice_post)
     third = top_level(slack)[2]
-    await slack.wait_for(
+    await wait_for(
+        slack,
         "chat.postMessage",
         1,
         timeout=10,
@@ -82,7 +84,8 @@ async def test_acknowledge_and_snooze_survive_a_restart(
 
     # The acknowledgement is part of the stored state: redrawn after the restart, it is there.
     sim.finish_task(first_tasks[0].task_id)
-    await slack.wait_for(
+    await wait_for(
+        slack,
         "chat.update",
         1,
         timeout=10,
@@ -100,20 +103,20 @@ async def test_list_all_pages_through_a_big_notice(
     sim.tasks = []
     add_stale(sim, 25)
     bot = await start(bot_factory, state_url)
-    await slack.wait_for("chat.postMessage", 1, timeout=10, where=notice_post)
+    await wait_for(slack, "chat.postMessage", 1, timeout=10, where=notice_post)
     (notice,) = top_level(slack)
     assert "List all 25" in shown(notice)
 
     await bot.sender.action(
         ACTION_STALE_LIST, value_of(notice, ACTION_STALE_LIST), slack.response_url()
     )
-    (page,) = await slack.wait_for("response_url", 1, timeout=10, where=lambda c: c.ok)
+    (page,) = await wait_for(slack, "response_url", 1, timeout=10, where=lambda c: c.ok)
     assert "Stale tasks 1–20 of 25" in json.dumps(page.args["blocks"], ensure_ascii=False)
     assert page.args["replace_original"] is False
     await bot.sender.action(
         ACTION_STALE_LIST, value_of(page.args, ACTION_STALE_LIST), slack.response_url()
     )
-    calls = await slack.wait_for("response_url", 2, timeout=10, where=lambda c: c.ok)
+    calls = await wait_for(slack, "response_url", 2, timeout=10, where=lambda c: c.ok)
     assert "Stale tasks 21–25 of 25" in json.dumps(calls[1].args["blocks"], ensure_ascii=False)
     assert calls[1].args["replace_original"] is True
 
@@ -125,7 +128,7 @@ async def test_buttons_on_unknown_or_garbled_notices_answer_in_words(
     bot = await start(bot_factory, state_url)
     await bot.sender.action(ACTION_ACK, NoticeRef(424242).encode(), slack.response_url())
     await bot.sender.action(SNOOZE_ACTIONS[0], "not json", slack.response_url())
-    calls = await slack.wait_for("response_url", 2, timeout=10, where=lambda c: c.ok)
+    calls = await wait_for(slack, "response_url", 2, timeout=10, where=lambda c: c.ok)
     said = " ".join(json.dumps(c.args["blocks"]) for c in calls)
     assert "no longer in the bot's state store" in said
     assert "could not be read" in said
@@ -140,15 +143,15 @@ async def test_home_tab_shows_that_slack_refuses_the_notices(
     bot = await bot_factory(
         stale_channel_id="C0NOWHERE", state_url=Secret(state_url), poll_interval=0.1
     )
-    await slack.wait_for(
-        "chat.postMessage", 1, timeout=10, where=lambda c: c.error == "channel_not_found"
+    await wait_for(
+        slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.error == "channel_not_found"
     )
     for attempt in range(50):
         await bot.sender.event(
             {"type": "app_home_opened", "user": "U0ALICE", "tab": "home"},
             event_id=f"EvHome{attempt}",
         )
-        published = await slack.wait_for("views.publish", attempt + 1, timeout=10)
+        published = await wait_for(slack, "views.publish", attempt + 1, timeout=10)
         view = json.dumps(published[-1].args["view"])
         if "channel_not_found" in view:
             break

@@ -16,8 +16,8 @@ from aiohttp import web
 from bot.auth import IamPasswordAuth, StaticTokenAuth
 from bot.errors import KPSAPIError, KPSBadResponse, KPSResponseTooLarge
 from bot.kps import KPSClient
+from bot.sandbox.simulator import Simulator
 from bot.secret import Secret
-from bot.simulator import Simulator
 
 USERNAME = "ops-bot"
 PASSWORD = "Pa55word-that-must-never-show"

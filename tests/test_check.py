@@ -18,9 +18,9 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.check import run_check
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, TokenAuthSettings
-from bot.fakeslack import FakeSlack
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import Simulator
 from bot.secret import Secret
-from bot.simulator import Simulator
 from bot.store import SCHEMA_VERSION, Store, schema_version
 from tests.conftest import PROJECT, free_port, make_settings
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import os
 import random
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -17,8 +19,9 @@ import aiohttp
 import pytest
 
 from bot.__main__ import wants_demo
-from bot.demo import Demo, DemoOptions, demo_tasks, pick_port
-from bot.fakeslack import Call
+from bot.sandbox.demo import Demo, DemoOptions, demo_tasks, pick_port
+from bot.sandbox.fakeslack import Call
+from tests.standin import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,11 +48,81 @@ async def post(http: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> d
 
 
 def test_the_demo_runs_only_when_nothing_is_configured() -> None:
-    assert wants_demo({"PATH": "/bin", "HOME": "/root", "LOG_LEVEL": "DEBUG"}, dotenv_present=False)
-    assert not wants_demo({}, dotenv_present=True)
-    assert not wants_demo({"SLACK_BOT_TOKEN": "xoxb-1"}, dotenv_present=False)
-    assert not wants_demo({"HUAWEICLOUD_REGION": "cn-north-4"}, dotenv_present=False)
-    assert not wants_demo({"KPS_AUTH_TOKEN": "t"}, dotenv_present=False)
+    basics = {"PATH": "/bin", "HOME": "/root", "LOG_LEVEL": "DEBUG"}
+    assert wants_demo(basics, dotenv_present=False, interactive=True)
+    assert not wants_demo({}, dotenv_present=True, interactive=True)
+    assert not wants_demo({"SLACK_BOT_TOKEN": "xoxb-1"}, dotenv_present=False, interactive=True)
+    assert not wants_demo(
+        {"HUAWEICLOUD_REGION": "cn-north-4"}, dotenv_present=False, interactive=True
+    )
+    assert not wants_demo({"KPS_AUTH_TOKEN": "t"}, dotenv_present=False, interactive=True)
+
+
+@pytest.mark.parametrize("marker", ["PORT", "DYNO", "KUBERNETES_SERVICE_HOST"])
+def test_the_demo_never_starts_by_itself_on_a_hosting_platform(marker: str) -> None:
+    environ = {"PATH": "/bin", "HOME": "/root", marker: "1"}
+    assert not wants_demo(environ, dotenv_present=False, interactive=True)
+
+
+def test_the_demo_never_starts_by_itself_away_from_a_terminal() -> None:
+    assert not wants_demo({"PATH": "/bin"}, dotenv_present=False, interactive=False)
+
+
+@pytest.mark.parametrize(
+    "hosted",
+    [
+        # A Heroku dyno whose config vars were lost: only what the platform sets is left.
+        {"PORT": "5000", "DYNO": "web.1", "DATABASE_URL": "postgres://u:p@db:5432/d"},
+        # No platform marker at all, but no terminal either (a CI job, a service unit).
+        {},
+    ],
+)
+def test_python_m_bot_without_settings_and_without_a_terminal_fails(
+    tmp_path: Path, hosted: dict[str, str]
+) -> None:
+    env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
+    env.update(hosted, PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "bot"],
+        env=env,
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "kps-bot cannot start" in result.stderr
+    assert "SLACK_BOT_TOKEN is required" in result.stderr
+    assert "playground" not in result.stdout + result.stderr
+
+
+def test_the_bot_never_imports_the_sandbox() -> None:
+    """Only `python -m bot demo` (bot/__main__.py, inside a function) may load bot.sandbox."""
+    found = []
+    for path in sorted((ROOT / "bot").rglob("*.py")):
+        if (ROOT / "bot" / "sandbox") in path.parents:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        lazy = {
+            id(node)
+            for function in ast.walk(tree)
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef)
+            for node in ast.walk(function)
+        }
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module is not None:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            if not any(name == "bot.sandbox" or name.startswith("bot.sandbox.") for name in names):
+                continue
+            allowed = path == ROOT / "bot" / "__main__.py" and id(node) in lazy
+            if not allowed:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert found == []
 
 
 def test_demo_tasks_are_a_few_dozen_with_stale_ones_and_every_operation() -> None:
@@ -90,7 +163,8 @@ async def test_the_page_and_its_files_are_served(demo: Demo, http: aiohttp.Clien
             assert answer.status == 200
             assert kind in answer.headers["Content-Type"]
             assert len(await answer.read()) > 1000
-    async with http.get(f"{demo.slack.url}/playground/static/..%2Fdemo.py") as answer:
+    # routes.py sits beside static/: a name that climbs out must not reach it.
+    async with http.get(f"{demo.slack.url}/playground/static/..%2Froutes.py") as answer:
         assert answer.status == 404
 
 
@@ -101,8 +175,10 @@ async def test_a_kps_command_from_the_playground_is_signed_and_answered(
     sent = await post(
         http, f"{demo.slack.url}/playground/send", {"channel": "C0GENERAL", "text": "/kps"}
     )
-    calls = await demo.slack.wait_for(
-        "response_url", where=lambda c: f"1–10 of {total}" in json.dumps(c.args, ensure_ascii=False)
+    calls = await wait_for(
+        demo.slack,
+        "response_url",
+        where=lambda c: f"1–10 of {total}" in json.dumps(c.args, ensure_ascii=False),
     )
 
     assert sent == {"ok": True, "status": 200}  # the bot accepted the signature
@@ -121,7 +197,7 @@ async def test_next_replaces_the_page_it_was_clicked_on(
     assert demo.playground is not None
     timeline = demo.playground.timeline
     await post(http, f"{demo.slack.url}/playground/send", {"channel": "C0GENERAL", "text": "/kps"})
-    await demo.slack.wait_for("response_url")
+    await wait_for(demo.slack, "response_url")
     [page] = [m for m in timeline.messages.values() if m["ephemeral"]]
     block, element = locate(page["blocks"], "Next →")
 
@@ -130,7 +206,7 @@ async def test_next_replaces_the_page_it_was_clicked_on(
         f"{demo.slack.url}/playground/click",
         {"message_id": page["id"], "block": block, "element": element},
     )
-    await demo.slack.wait_for("response_url", 2)
+    await wait_for(demo.slack, "response_url", 2)
 
     assert [m["id"] for m in timeline.messages.values() if m["ephemeral"]] == [page["id"]]
     assert "11–20 of" in json.dumps(timeline.messages[page["id"]]["blocks"], ensure_ascii=False)
@@ -141,7 +217,7 @@ async def test_a_mention_posts_the_message_and_the_bot_answers_in_its_thread(
 ) -> None:
     body = {"channel": "C0GENERAL", "text": "@kps-bot tasks web & <co>"}
     await post(http, f"{demo.slack.url}/playground/send", body)
-    [reply] = await demo.slack.wait_for("chat.postMessage", where=in_general)
+    [reply] = await wait_for(demo.slack, "chat.postMessage", where=in_general)
 
     [mine] = demo.slack.messages["C0GENERAL"][:1]
     assert mine["user"] == "U0DEMO"
@@ -153,7 +229,7 @@ async def test_a_mention_posts_the_message_and_the_bot_answers_in_its_thread(
 async def test_the_home_tab_and_its_button(demo: Demo, http: aiohttp.ClientSession) -> None:
     assert demo.playground is not None
     await post(http, f"{demo.slack.url}/playground/home", {})
-    [published] = await demo.slack.wait_for("views.publish")
+    [published] = await wait_for(demo.slack, "views.publish")
     view = demo.playground.timeline.views["U0DEMO"]
     block, element = locate(view["blocks"], "List running tasks")
 
@@ -162,8 +238,8 @@ async def test_the_home_tab_and_its_button(demo: Demo, http: aiohttp.ClientSessi
         f"{demo.slack.url}/playground/click",
         {"view_user": "U0DEMO", "block": block, "element": element},
     )
-    [dm] = await demo.slack.wait_for(
-        "chat.postMessage", where=lambda c: c.args["channel"] == "U0DEMO"
+    [dm] = await wait_for(
+        demo.slack, "chat.postMessage", where=lambda c: c.args["channel"] == "U0DEMO"
     )
 
     assert published.args["user_id"] == "U0DEMO"
@@ -188,7 +264,7 @@ async def test_the_control_panel_drives_the_simulator(
 
     await post(http, f"{base}/kps", {"mode": "failing"})
     await post(http, f"{demo.slack.url}/playground/send", {"channel": "C0GENERAL", "text": "/kps"})
-    [failure] = await demo.slack.wait_for("response_url", timeout=20)
+    [failure] = await wait_for(demo.slack, "response_url", timeout=20)
     assert "503" in json.dumps(failure.args)
 
     await post(http, f"{base}/kps", {"mode": "slow"})
@@ -230,31 +306,45 @@ async def test_only_json_is_accepted_and_unknown_commands_are_refused(
     assert demo.slack.calls_to("response_url") == []
 
 
-async def test_python_m_bot_with_nothing_configured_starts_the_demo(tmp_path: Path) -> None:
-    # Only the basics of an environment: no Slack, KPS or Huawei Cloud variables, no .env.
+async def test_python_m_bot_at_a_terminal_with_nothing_configured_starts_the_demo(
+    tmp_path: Path,
+) -> None:
+    # Only the basics of an environment: no Slack, KPS or Huawei Cloud variables, no .env, no
+    # hosting platform; stdin and stdout are a terminal (a pseudo-terminal), as for a person.
     env = {key: os.environ[key] for key in ("PATH", "HOME", "LANG") if key in os.environ}
     env["PYTHONPATH"] = str(ROOT)
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bot", cwd=tmp_path, env=env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert process.stdout is not None
+    leader, follower = os.openpty()
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", cwd=tmp_path, env=env,
+            stdin=follower, stdout=follower, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+    finally:
+        os.close(follower)  # the child holds its own copy; reads end (EIO) when it exits
+    terminal = asyncio.StreamReader()
+    transport, _ = await asyncio.get_running_loop().connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(terminal), os.fdopen(leader, "rb", buffering=0)
+    )
     try:
         lines = []
         async with asyncio.timeout(30):
-            while not any("Open the playground" in line for line in lines):
-                line = (await process.stdout.readline()).decode()
+            # The banner's last line; what follows it is only written at the stop.
+            while not any("Ctrl-C stops the demo" in line for line in lines):
+                line = (await terminal.readline()).decode()
                 assert line, f"the demo stopped: {lines}"
                 lines.append(line)
         url = next(line for line in lines if "Open the playground" in line).split()[-1]
         async with aiohttp.ClientSession() as http, http.get(url) as page:
             assert page.status == 200
-    finally:
         process.send_signal(signal.SIGINT)
         code = await asyncio.wait_for(process.wait(), 30)
-    rest = (await process.stdout.read()).decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        transport.close()
     assert "No .env and no Slack or Huawei Cloud settings found" in lines[0]
-    assert any(".env.example" in line for line in [*lines, rest])
+    assert any(".env.example" in line for line in lines)
     assert code == 0
 
 

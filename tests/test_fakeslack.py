@@ -21,7 +21,8 @@ from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.fakeslack import FakeSlack
+from bot.sandbox.fakeslack import FakeSlack
+from tests.standin import wait_for
 
 BLOCKS = [{"type": "section", "text": {"type": "mrkdwn", "text": "*3 running tasks*"}}]
 
@@ -278,7 +279,7 @@ async def test_wait_for_returns_when_the_call_arrives(
     fake: FakeSlack, slack: AsyncWebClient
 ) -> None:
     waiting = asyncio.create_task(
-        fake.wait_for("chat.postMessage", where=lambda c: c.args.get("text") == "late")
+        wait_for(fake, "chat.postMessage", where=lambda c: c.args.get("text") == "late")
     )
     await slack.chat_postMessage(channel="C0GENERAL", text="early")
     await slack.chat_postMessage(channel="C0GENERAL", text="late")
@@ -293,7 +294,7 @@ async def test_wait_for_names_what_arrived_on_timeout(
     await slack.auth_test()
 
     with pytest.raises(AssertionError, match=r"chat\.update.*got 0.*auth\.test x1"):
-        await fake.wait_for("chat.update", timeout=0.05)
+        await wait_for(fake, "chat.update", timeout=0.05)
 
 
 # Socket Mode --------------------------------------------------------------------------------
@@ -398,7 +399,7 @@ async def test_runs_standalone_and_stops_on_sigterm() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot.fakeslack",
+        "bot.sandbox.fakeslack",
         "--port",
         "0",
         stdout=asyncio.subprocess.PIPE,

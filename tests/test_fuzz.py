@@ -36,12 +36,12 @@ from bot.blocks import (
 )
 from bot.config import SECRET_VARIABLES, SETTING_VARIABLES, Settings, SettingsError, load_settings
 from bot.errors import KPSError
-from bot.fakeslack import FakeSlack
 from bot.intent import MAX_QUERY, ListTasks, ShowHelp, Unknown, parse_command, parse_mention
 from bot.kps import KPSClient, RetryPolicy, Snapshot
 from bot.notices import ACTION_ACK, ACTION_STALE_LIST, SNOOZE_ACTIONS, NoticeRef
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import Simulator
 from bot.secret import Secret
-from bot.simulator import Simulator
 from bot.stale import as_alert
 from bot.tasks import Task
 from tests.conftest import ALERTS, SIGNING_SECRET, make_settings

@@ -20,13 +20,14 @@ from slack_bolt.request.async_request import AsyncBoltRequest
 from slack_sdk.signature import SignatureVerifier
 
 from bot.app import Runtime, build_runtime
-from bot.fakeslack import FakeSlack
 from bot.gate import GATE, Limits, Refusal, ResponseUrls, Tally, check_signature, connection_cap
 from bot.logs import RedactionFilter, TextFormatter
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import Simulator
 from bot.server import build_web_app
-from bot.simulator import Simulator
 from tests.conftest import SIGNING_SECRET, make_settings
 from tests.signed import SlackSender
+from tests.standin import wait_for
 
 SECRET = b"test-signing-secret"
 NOW = 1_700_000_000.0
@@ -208,7 +209,7 @@ async def test_the_error_hook_answers_a_verified_request_and_not_a_forged_one(
     forged = boom_request(slack.response_url("forged"), "abc", "v0=" + "0" * 64)
     await runtime.app.async_dispatch(forged)
     await runtime.app.async_dispatch(boom_request(slack.response_url("real"), stamp))
-    (reply,) = await slack.wait_for("response_url", 1, timeout=10)
+    (reply,) = await wait_for(slack, "response_url", 1, timeout=10)
     await asyncio.sleep(0.2)
     assert len(slack.calls_to("response_url")) == 1
     assert "/real-" in reply.path
@@ -291,7 +292,7 @@ async def test_at_the_cap_the_oldest_idle_connection_makes_room_and_is_logged_on
         assert not idle[-1][0].at_eof()
         response = await sender.command("", slack.response_url("at-cap"))
         assert response.status_code == 200
-        await slack.wait_for("response_url", 1, timeout=10)
+        await wait_for(slack, "response_url", 1, timeout=10)
     finally:
         for _, writer in idle:
             writer.close()

@@ -22,10 +22,11 @@ from aiohttp import web
 from slack_bolt.request.async_request import AsyncBoltRequest
 
 from bot.app import build_runtime
-from bot.fakeslack import FakeSlack
 from bot.logs import RedactionFilter, TextFormatter
-from bot.simulator import Simulator
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import Simulator
 from tests.conftest import RunningBot, make_settings
+from tests.standin import wait_for
 
 MARKER = "BODY-MARKER-"  # what a refused body carries; must never reach the log
 ROOT = Path(__file__).resolve().parent.parent
@@ -160,7 +161,7 @@ async def test_a_signed_request_cannot_send_the_bot_to_another_host(
     assert seen == []
     # A normal command still gets its page on the stand-in.
     await bot.sender.command("", slack.response_url("ok"))
-    await slack.wait_for("response_url", 1, timeout=10)
+    await wait_for(slack, "response_url", 1, timeout=10)
     log = captured_log.getvalue()
     assert "refused a response_url" in log
     assert "secret-reply-token" not in log
@@ -274,7 +275,7 @@ async def test_a_flood_leaves_acks_fast_and_the_log_small(
     # Generous for a shared machine running bot, simulator, stand-in and test in one loop; the
     # issue's 100 ms holds from a separate process (tests/flood.py records the figures).
     assert ack_seconds < 1.0, ack_seconds
-    await slack.wait_for("response_url", 1, timeout=10)
+    await wait_for(slack, "response_url", 1, timeout=10)
     statuses = report["statuses"]
     assert set(statuses) <= {"401", "ConnectionResetError"}, statuses
     assert statuses.get("401", 0) >= 100, statuses

@@ -20,8 +20,8 @@ from bot.errors import (
     request_id_of,
 )
 from bot.kps import KPSClient, RetryPolicy
+from bot.sandbox.simulator import Fault, RecordedRequest, Simulator, seed_tasks
 from bot.secret import Secret
-from bot.simulator import Fault, RecordedRequest, Simulator, seed_tasks
 from tests.conftest import PROJECT, TOKEN, free_port
 
 

@@ -22,8 +22,8 @@ from aiohttp import web
 from bot.auth import AkSkAuth, StaticTokenAuth
 from bot.errors import KPSBadResponse, KPSResponseTooLarge, KPSThrottled, KPSTimeout
 from bot.kps import KPSClient, RetryPolicy, WalkLimit
+from bot.sandbox.simulator import Simulator, seed_tasks
 from bot.secret import Secret
-from bot.simulator import Simulator, seed_tasks
 from tests.conftest import PROJECT, TOKEN
 
 AK = "HPUAEXAMPLEAK1234567"

@@ -24,7 +24,7 @@ from bot.logs import (
     redact,
     register_secret,
 )
-from bot.simulator import Fault, Simulator
+from bot.sandbox.simulator import Fault, Simulator
 from tests.conftest import PROJECT
 
 TEXT_LINE = re.compile(

@@ -10,7 +10,6 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import slack_retry_handlers
-from bot.fakeslack import ODD_BODIES, FakeSlack
 from bot.kps import KPSClient
 from bot.outbox import (
     CHANNEL_REFUSALS,
@@ -20,7 +19,8 @@ from bot.outbox import (
     backoff,
     classify,
 )
-from bot.simulator import Simulator
+from bot.sandbox.fakeslack import ODD_BODIES, FakeSlack
+from bot.sandbox.simulator import Simulator
 from bot.store import Store
 from tests.watching import Clock, add_stale, make_watcher, ok_posts, top_level
 

@@ -9,8 +9,8 @@ import aiohttp
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.demo import Demo, DemoOptions
-from bot.simulator import SimTask
+from bot.sandbox.demo import Demo, DemoOptions
+from bot.sandbox.simulator import SimTask
 from tests.browser import chromium_path, open_page, screenshot
 
 # Playwright's expect() waits up to this long for what a person would wait to see.

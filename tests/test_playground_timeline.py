@@ -10,8 +10,8 @@ import pytest
 from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.fakeslack import Call, FakeSlack
-from bot.playground.timeline import Origin, Timeline, message_id
+from bot.sandbox.fakeslack import Call, FakeSlack
+from bot.sandbox.playground.timeline import Origin, Timeline, message_id
 
 
 @pytest.fixture

@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
-from bot.fakeslack import FakeSlack
 from bot.kps import KPSClient
-from bot.simulator import Simulator
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import Simulator
 from bot.store import Store
 from tests.conftest import ALERTS, PROJECT, SIGNING_SECRET, TOKEN, free_port
+from tests.standin import wait_for
 from tests.watching import add_stale, make_watcher, shown, top_level
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -46,7 +47,7 @@ async def test_two_watchers_one_notice_and_a_take_over_after_a_crash(
     ]
     runs = [asyncio.create_task(w.run()) for w in watchers]
     try:
-        await slack.wait_for("chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
 
         async def delivered() -> bool:
             return await stores[0].pending() == []
@@ -62,11 +63,11 @@ async def test_two_watchers_one_notice_and_a_take_over_after_a_crash(
             await runs[leader]
 
         (late,) = add_stale(sim, 1)
-        await slack.wait_for("chat.postMessage", 2, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 2, timeout=10, where=lambda c: c.ok)
         survivor = watchers[1 - leader]
         assert survivor.role == "leader"
         sim.finish_task(first[0].task_id)
-        await slack.wait_for("chat.update", 1, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.update", 1, timeout=10, where=lambda c: c.ok)
     finally:
         for watcher in watchers:
             await watcher.stop(grace=2)
@@ -157,7 +158,7 @@ async def test_two_bot_processes_announce_once_and_survive_a_sigkill(
                 return all(s is not None for s in states)
 
             await wait_until(both_up, 30, "both bots to answer /healthz\n" + log_tail())
-            await slack.wait_for("chat.postMessage", 1, timeout=15, where=lambda c: c.ok)
+            await wait_for(slack, "chat.postMessage", 1, timeout=15, where=lambda c: c.ok)
 
             async def one_leader() -> bool:
                 roles = [(await health(client, port) or {}).get("watcher") for port in ports]
@@ -183,7 +184,7 @@ async def test_two_bot_processes_announce_once_and_survive_a_sigkill(
             (late,) = add_stale(sim, 1)
             sim.finish_task(first[0].task_id)
             try:
-                await slack.wait_for("chat.postMessage", 3, timeout=30, where=lambda c: c.ok)
+                await wait_for(slack, "chat.postMessage", 3, timeout=30, where=lambda c: c.ok)
             except AssertionError as error:
                 raise AssertionError(f"{error}\n{log_tail()}") from None
             survivor = 1 - leader

@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.auth import AkSkAuth, canonical_query, canonical_request, sign
+from bot.sandbox.simulator import Simulator
 from bot.secret import Secret
-from bot.simulator import Simulator
 
 AK = "HPUAEXAMPLEAK1234567"
 SK = "sk-Very-Secret-0123456789abcdefghijklmnop"

@@ -19,7 +19,7 @@ from huaweicloudsdkcore.auth.credentials import BasicCredentials
 from huaweicloudsdkcore.sdk_request import SdkRequest
 from huaweicloudsdkcore.signer.signer import Signer
 
-from bot.simulator import (
+from bot.sandbox.simulator import (
     Fault,
     RecordedRequest,
     SimTask,
@@ -27,6 +27,7 @@ from bot.simulator import (
     expected_signature,
     seed_tasks,
 )
+from bot.sandbox.simulator.tasks import TaskList
 
 PROJECT = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 TOKEN = "static-test-token"
@@ -143,6 +144,41 @@ async def test_in_place_edits_show_up_in_the_next_answer(
     assert await ids(client) == ["only"]
     simulator.tasks.clear()
     assert (await client.get(RUNNING)).json() == {"total": 0, "tasks": []}
+
+
+def test_each_task_list_counts_only_its_own_changes() -> None:
+    first = TaskList([SimTask("a", "RUNNING_RESET", 1, "s", "sid", "kp")])
+    second = TaskList([SimTask("b", "RUNNING_RESET", 2, "s", "sid", "kp")])
+    view = second.view()
+    first[0].status = "SUCCESS_RESET"
+    first.append(SimTask("c", "RUNNING_RESET", 3, "s", "sid", "kp"))
+    assert second.view() is view  # nothing of the second list changed: no rebuild
+    assert [t.task_id for t in first.view().running] == ["c"]
+
+
+def test_tasks_put_in_later_are_watched_too() -> None:
+    tasks = TaskList()
+    spliced = SimTask("spliced", "RUNNING_RESET", 5, "s", "sid", "kp")
+    added = SimTask("added", "RUNNING_RESET", 6, "s", "sid", "kp")
+    inserted = SimTask("inserted", "RUNNING_RESET", 7, "s", "sid", "kp")
+    tasks[0:0] = [spliced]
+    tasks += [added]
+    tasks.insert(0, inserted)
+    assert [t.task_id for t in tasks.view().running] == ["spliced", "added", "inserted"]
+    spliced.status = "FAILED_RESET"
+    added.task_time_ms = 9
+    inserted.task_id = "renamed"
+    assert [t.task_id for t in tasks.view().running] == ["renamed", "added"]
+    assert [t.task_id for t in tasks.view().failed] == ["spliced"]
+    assert tasks.find("renamed") is inserted and tasks.find("inserted") is None
+
+
+def test_a_task_shared_by_two_lists_updates_both() -> None:
+    shared = SimTask("shared", "RUNNING_RESET", 1, "s", "sid", "kp")
+    first, second = TaskList([shared]), TaskList([shared])
+    assert first.view().running == second.view().running == [shared]
+    shared.status = "SUCCESS_RESET"
+    assert first.view().running == second.view().running == []
 
 
 async def test_tasks_added_in_a_row_list_in_that_order(
@@ -879,7 +915,7 @@ async def test_standalone_serves_seeded_tasks_until_sigterm() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "bot.simulator",
+        "bot.sandbox.simulator",
         "--port",
         "0",
         "--tasks",

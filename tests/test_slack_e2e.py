@@ -19,10 +19,11 @@ from bot.blocks import (
     ACTION_SHARE,
     PageRef,
 )
-from bot.fakeslack import Call, FakeSlack
+from bot.sandbox.fakeslack import Call, FakeSlack
+from bot.sandbox.simulator import Fault, Simulator
 from bot.secret import Secret
-from bot.simulator import Fault, Simulator
 from tests.conftest import RunningBot, make_settings
+from tests.standin import wait_for
 
 
 def texts(message: dict[str, Any]) -> str:
@@ -45,7 +46,7 @@ def running_ids(sim: Simulator) -> list[str]:
 
 
 async def page_after(slack: FakeSlack, count: int) -> Call:
-    calls = await slack.wait_for("response_url", count, timeout=10)
+    calls = await wait_for(slack, "response_url", count, timeout=10)
     return calls[count - 1]
 
 
@@ -256,7 +257,7 @@ async def test_mention_answers_in_thread(bot: RunningBot, slack: FakeSlack) -> N
     assert (await bot.sender.event(event, event_id="Ev1")).status_code == 200
     # Slack redelivers when it thinks an event was lost; the answer must not double.
     assert (await bot.sender.event(event, event_id="Ev1")).status_code == 200
-    posted = await slack.wait_for("chat.postMessage", 1)
+    posted = await wait_for(slack, "chat.postMessage", 1)
     assert posted[0].args["thread_ts"] == "1764412345.000100"
     assert "1–10 of 37" in texts(posted[0].args)
     assert button(posted[0].args, ACTION_NEXT) is not None
@@ -274,7 +275,7 @@ async def test_home_tab_shows_live_summary_and_list_button_posts_to_dm(
     )
     event = {"type": "app_home_opened", "user": "U0ALICE", "channel": "D0ALICE", "tab": "home"}
     await bot.sender.event(event, event_id="Ev2")
-    published = await slack.wait_for("views.publish", 1)
+    published = await wait_for(slack, "views.publish", 1)
     view = published[0].args["view"]
     shown = json.dumps(view, ensure_ascii=False)
     assert "37" in shown and str(stale) in shown
@@ -286,7 +287,7 @@ async def test_home_tab_shows_live_summary_and_list_button_posts_to_dm(
         if e["action_id"] == ACTION_LIST
     )
     await bot.sender.action(ACTION_LIST, list_button["value"], None, container="view")
-    dm = await slack.wait_for("chat.postMessage", 1)
+    dm = await wait_for(slack, "chat.postMessage", 1)
     assert dm[0].args["channel"] == "U0ALICE"
     assert "1–10 of 37" in texts(dm[0].args)
 

@@ -22,9 +22,9 @@ from bench.soak import (
     read_logs,
     run_soak,
 )
-from bot.fakeslack import Call, FakeSlack
 from bot.kps import KPSClient
-from bot.simulator import Fault, RecordedRequest, Simulator
+from bot.sandbox.fakeslack import Call, FakeSlack
+from bot.sandbox.simulator import Fault, RecordedRequest, Simulator
 from bot.store import Store
 from tests.conftest import ALERTS, PROJECT, TOKEN
 from tests.watching import Clock, add_stale, make_watcher, shown, top_level

@@ -17,13 +17,14 @@ from aiohttp import web
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import slack_retry_handlers
-from bot.fakeslack import FakeSlack
 from bot.kps import KPSClient
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import Fault, RecordedRequest, Simulator
 from bot.secret import Secret
 from bot.server import serve
-from bot.simulator import Fault, RecordedRequest, Simulator
 from bot.store import Store
 from tests.conftest import ALERTS, PROJECT, make_settings
+from tests.standin import wait_for
 from tests.watching import (
     Clock,
     add_stale,
@@ -329,9 +330,9 @@ async def test_a_crash_between_outbox_and_send_delivers_once_after_restart(
     second = make_watcher(second_store, kps_client, slack_client, lease_ttl=0.5, holder="second")
     second.start()
     try:
-        await slack.wait_for("chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
         (late,) = add_stale(empty_sim, 1)
-        await slack.wait_for("chat.postMessage", 2, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 2, timeout=10, where=lambda c: c.ok)
     finally:
         await second.stop()
         await second_store.close()
@@ -459,7 +460,7 @@ async def test_the_loop_survives_an_error_and_gives_the_lease_up_on_stop(
     watcher = make_watcher(store, kps_client, slack_client, holder="me")
     with caplog.at_level(logging.ERROR, logger="bot.watcher"):
         watcher.start()
-        await slack.wait_for("chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
         assert watcher.role == "leader"
         assert await store.lease_holder(now=Clock()()) == "me"
         await watcher.stop()
@@ -494,7 +495,7 @@ async def test_a_step_that_always_raises_counts_toward_impaired_and_recovers(
     watcher = make_watcher(store, kps_client, slack_client)
     watcher.start()
     try:
-        await slack.wait_for("chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
         (impaired,) = top_level(slack)
         assert "Watching for stale key-pair tasks is impaired" in shown(impaired)
         assert "RuntimeError" in shown(impaired)
@@ -504,7 +505,7 @@ async def test_a_step_that_always_raises_counts_toward_impaired_and_recovers(
         assert "impaired" in problem
 
         broken = False
-        await slack.wait_for("chat.postMessage", 3, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 3, timeout=10, where=lambda c: c.ok)
     finally:
         await watcher.stop()
     assert watcher.problem is None
@@ -525,7 +526,7 @@ async def test_healthz_says_when_the_watcher_step_keeps_failing_and_when_it_work
 ) -> None:
     add_stale(empty_sim, 1)
     bot = await bot_factory(stale_channel_id=ALERTS, state_url=Secret(state_url), poll_interval=0.1)
-    await slack.wait_for("chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+    await wait_for(slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
     path = state_url.removeprefix("sqlite+aiosqlite:///")
     # The lease table gone: every step fails in hold_lease, before any scan (a store broken
     # under the bot, as a full disk or a wrong migration leaves it).
@@ -548,13 +549,13 @@ async def test_healthz_says_when_the_watcher_step_keeps_failing_and_when_it_work
         impaired = await until(503)
         assert impaired["status"] == "impaired" and impaired["watcher"] == "leader"
         assert "OperationalError" in impaired["problem"]
-        await slack.wait_for("chat.postMessage", 2, timeout=10, where=lambda c: c.ok)
+        await wait_for(slack, "chat.postMessage", 2, timeout=10, where=lambda c: c.ok)
         assert "is impaired" in shown(top_level(slack)[1])
 
         await asyncio.to_thread(_sqlite, path, "ALTER TABLE kps_lease_away RENAME TO kps_lease")
         healthy = await until(200)
         assert healthy["status"] == "ok" and "problem" not in healthy
-    await slack.wait_for("chat.postMessage", 3, timeout=10, where=lambda c: c.ok)
+    await wait_for(slack, "chat.postMessage", 3, timeout=10, where=lambda c: c.ok)
     assert "tasks works again" in shown(top_level(slack)[2])
     assert await bot.shutdown() == 0
 

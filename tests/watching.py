@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.fakeslack import FakeSlack
 from bot.kps import KPSClient
 from bot.outbox import Delivery
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.simulator import SimTask, Simulator
 from bot.scan import Notices, ScanLimits
-from bot.simulator import SimTask, Simulator
 from bot.store import Store
 from bot.watcher import Pace, Watcher
 from tests.conftest import ALERTS, PROJECT

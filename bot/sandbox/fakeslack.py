@@ -15,10 +15,10 @@ import sys
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -270,7 +270,7 @@ class FakeSlack:
         self._pulse()
         return dict(message)
 
-    # What tests ask ------------------------------------------------------------------------------
+    # The record, and failures to inject -----------------------------------------------------------
 
     def response_url(self, name: str = "") -> str:
         """A fresh response_url on this stand-in; `name` only makes it easier to recognise."""
@@ -281,30 +281,12 @@ class FakeSlack:
         """Every recorded call of `method` ("response_url" for response_url posts), in order."""
         return [call for call in self.calls if call.method == method]
 
-    async def wait_for(
-        self,
-        method: str,
-        count: int = 1,
-        *,
-        timeout: float = 5.0,  # noqa: ASYNC109 - a test helper's deadline, not a client's
-        where: Callable[[Call], bool] | None = None,
-    ) -> list[Call]:
-        """Wait until `count` calls of `method` matching `where` arrived, refused ones included."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while True:
-            found = [c for c in self.calls_to(method) if where is None or where(c)]
-            if len(found) >= count:
-                return found
-            changed = self._changed
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"expected {count} matching {method} call(s) within {timeout}s, "
-                    f"got {len(found)}; arrived: {self._summary()}"
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+    def next_change(self) -> Coroutine[Any, Any, Literal[True]]:
+        """An awaitable that finishes once a call, message or socket change is recorded after now.
+
+        Taken before the caller checks what it waits for, it cannot miss a change in between.
+        """
+        return self._changed.wait()
 
     def fail_next(
         self,
@@ -816,10 +798,6 @@ class FakeSlack:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def _summary(self) -> str:
-        seen = Counter(c.method if c.ok else f"{c.method} ({c.error})" for c in self.calls)
-        return ", ".join(f"{name} x{n}" for name, n in seen.items()) or "nothing"
-
 
 def _channel_record(cid: str, spec: Mapping[str, Any]) -> dict[str, Any]:
     is_private = bool(spec.get("is_private", False))
@@ -892,7 +870,7 @@ async def _serve(standin: FakeSlack, host: str, port: int) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the stand-in until SIGINT/SIGTERM; print its api_url as the first stdout line."""
     parser = argparse.ArgumentParser(
-        prog="python -m bot.fakeslack", description="A local Slack Web API stand-in."
+        prog="python -m bot.sandbox.fakeslack", description="A local Slack Web API stand-in."
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8082, help="0 picks a free port")

@@ -1,5 +1,5 @@
 """A local Slack playground in the browser for the demo: the page, its routes and its state."""
 
-from bot.playground.routes import Playground, PlaygroundConfig
+from bot.sandbox.playground.routes import Playground, PlaygroundConfig
 
 __all__ = ["Playground", "PlaygroundConfig"]

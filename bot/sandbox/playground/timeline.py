@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from bot.fakeslack import Call
+from bot.sandbox.fakeslack import Call
 
 Event = dict[str, Any]
 

@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
-from bot.fakeslack import Call, FakeSlack
-from bot.playground.payloads import (
+from bot.sandbox.fakeslack import Call, FakeSlack
+from bot.sandbox.playground.payloads import (
     SlackRequest,
     Workspace,
     app_home_opened,
@@ -34,8 +34,8 @@ from bot.playground.payloads import (
     signature_headers,
     view_click_request,
 )
-from bot.playground.simcontrol import OPERATIONS, SimControl, SimError
-from bot.playground.timeline import Event, Origin, Timeline
+from bot.sandbox.playground.simcontrol import OPERATIONS, SimControl, SimError
+from bot.sandbox.playground.timeline import Event, Origin, Timeline
 from bot.secret import Secret
 
 log = logging.getLogger(__name__)
@@ -141,7 +141,9 @@ class Playground:
     # -- page and state -------------------------------------------------------------------------
 
     async def _page(self, request: web.Request) -> web.Response:
-        html = resources.files("bot.playground").joinpath("static", "index.html").read_text()
+        html = (
+            resources.files("bot.sandbox.playground").joinpath("static", "index.html").read_text()
+        )
         return web.Response(text=html, content_type="text/html", headers=_PAGE_HEADERS)
 
     async def _static(self, request: web.Request) -> web.Response:
@@ -149,7 +151,7 @@ class Playground:
         kind = _STATIC.get(name)
         if kind is None:
             raise web.HTTPNotFound()
-        data = resources.files("bot.playground").joinpath("static", name).read_bytes()
+        data = resources.files("bot.sandbox.playground").joinpath("static", name).read_bytes()
         return web.Response(body=data, content_type=kind, headers=_PAGE_HEADERS)
 
     def page_config(self) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The demo: the KPS simulator, the Slack stand-in with its playground, and the real bot, in one go.
 
 Nothing here is needed to run the bot against a real workspace; `python -m bot` only comes here
-when no settings are given at all, or when asked with `python -m bot demo`.
+when someone at a terminal starts it with no settings at all, or with `python -m bot demo`.
 """
 
 from __future__ import annotations
@@ -26,12 +26,12 @@ from typing import IO, Final, Self
 import aiohttp
 
 from bot.config import Settings, TokenAuthSettings
-from bot.fakeslack import FakeSlack
 from bot.logs import configure_logging
-from bot.playground import Playground, PlaygroundConfig
+from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.playground import Playground, PlaygroundConfig
+from bot.sandbox.simulator import SimTask, Simulator, seed_tasks
 from bot.secret import Secret
 from bot.server import serve
-from bot.simulator import SimTask, Simulator, seed_tasks
 
 PROJECT_ID: Final = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 REGION: Final = "cn-north-4"
