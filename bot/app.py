@@ -24,10 +24,11 @@ from bot import handlers
 from bot.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
 from bot.blocks import build_notice
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings, TokenAuthSettings
+from bot.inflight import InFlight
 from bot.kps import KPSClient, RetryPolicy
 from bot.logs import correlation_id, new_correlation_id, register_secret
 from bot.replies import Replies
-from bot.services import CONTEXT_KEY, Services
+from bot.services import Provided, SeenEvents, utc_now
 from bot.store import Store
 from bot.watcher import Watcher
 
@@ -74,7 +75,8 @@ class Runtime:
 
     settings: Settings
     app: AsyncApp
-    services: Services
+    kps: KPSClient
+    inflight: InFlight
     slack: AsyncWebClient
     http: httpx.AsyncClient
     session: aiohttp.ClientSession
@@ -134,11 +136,14 @@ def build_runtime(
     # no kps-bot.db appears in the working directory.
     channel = settings.stale_channel_id
     store = Store.open(settings.state_url.reveal()) if channel else None
-    services = Services(
+    provided = Provided(
         settings=settings,
         kps=kps,
         replies=Replies(session, retry_handlers=retry),
         store=store,
+        inflight=InFlight(),
+        seen_events=SeenEvents(),
+        clock=utc_now,
     )
     watcher = None
     if store is not None and channel:
@@ -153,11 +158,11 @@ def build_runtime(
             poll_interval=settings.poll_interval,
             renotify_after=settings.renotify_after,
         )
-    app = build_app(settings, slack, services)
-    return Runtime(settings, app, services, slack, http, session, store, watcher)
+    app = build_app(settings, slack, provided)
+    return Runtime(settings, app, kps, provided["inflight"], slack, http, session, store, watcher)
 
 
-def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> AsyncApp:
+def build_app(settings: Settings, slack: AsyncWebClient, provided: Provided) -> AsyncApp:
     """The Bolt app with its middleware, listeners and error hook."""
     signing_secret = settings.slack_signing_secret
     app = AsyncApp(
@@ -168,8 +173,10 @@ def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> 
         process_before_response=False,
     )
 
+    # Each under its own name: Bolt passes a context key to the listener parameter named after
+    # it, so listeners declare what they use (see services.Provided).
     async def provide(context: AsyncBoltContext, next: Callable[[], Awaitable[None]]) -> None:
-        context[CONTEXT_KEY] = services
+        context.update(provided)
         await next()
 
     async def log_request(
@@ -192,7 +199,7 @@ def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> 
             notice = build_notice(
                 f"Something went wrong on our side. It has been logged with id `{cid}`."
             )
-            await services.replies.send(url, notice)
+            await provided["replies"].send(url, notice)
         return None
 
     app.error(on_error)

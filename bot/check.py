@@ -47,7 +47,7 @@ async def check_kps(runtime: Runtime) -> Finding:
     settings = runtime.settings
     where = settings.kps_endpoint
     try:
-        page = await runtime.services.kps.list_running_tasks(1, 0)
+        page = await runtime.kps.list_running_tasks(1, 0)
     except KPSConnectionError:
         return Finding(False, f"KPS endpoint {where} is unreachable (DNS, network or TLS)")
     except KPSTimeout:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -28,7 +29,7 @@ def build_web_app(runtime: Runtime, stopping: asyncio.Event) -> web.Application:
         body = {
             "status": "ok",
             "mode": "http",
-            "in_flight": runtime.services.inflight.count,
+            "in_flight": runtime.inflight.count,
             # off, standby (another replica watches) or leader
             "watcher": runtime.watcher.role if runtime.watcher is not None else "off",
         }
@@ -44,11 +45,12 @@ async def serve(
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
     host: str = "0.0.0.0",
+    listening: Callable[[int], None] | None = None,
 ) -> int:
     """Run until `stop` is set (SIGTERM and SIGINT set it); 0 after a clean shutdown.
 
     HTTP mode listens on `host` (every interface, as a platform's router expects; the demo
-    passes loopback).
+    passes loopback) and tells `listening` the port it got: with port 0 the system picks one.
     """
     stop = stop or asyncio.Event()
     if handle_signals:
@@ -69,7 +71,7 @@ async def serve(
         if settings.socket_mode:
             await _serve_socket(runtime, stop)
         else:
-            await _serve_http(runtime, stop, host)
+            await _serve_http(runtime, stop, host, listening)
     finally:
         await runtime.aclose()
     log.info("stopped cleanly")
@@ -88,13 +90,21 @@ async def _serve_socket(runtime: Runtime, stop: asyncio.Event) -> None:
     await _drain(runtime)
 
 
-async def _serve_http(runtime: Runtime, stop: asyncio.Event, host: str) -> None:
+async def _serve_http(
+    runtime: Runtime,
+    stop: asyncio.Event,
+    host: str,
+    listening: Callable[[int], None] | None,
+) -> None:
     web_app = build_web_app(runtime, stop)
     runner = web.AppRunner(web_app, access_log=None, shutdown_timeout=DRAIN_SECONDS)
     await runner.setup()
     site = web.TCPSite(runner, host, runtime.settings.port)
     await site.start()
-    log.info("listening", extra={"port": runtime.settings.port, "path": SLACK_PATH})
+    port: int = runner.addresses[0][1]
+    log.info("listening", extra={"port": port, "path": SLACK_PATH})
+    if listening is not None:
+        listening(port)
     await stop.wait()
     log.info("stopping: refusing new requests, finishing work in flight")
     await site.stop()
@@ -105,8 +115,6 @@ async def _serve_http(runtime: Runtime, stop: asyncio.Event, host: str) -> None:
 async def _drain(runtime: Runtime) -> None:
     # The watcher finishes its step and gives its lease up meanwhile, inside the same budget.
     stopping = runtime.watcher.stop() if runtime.watcher is not None else asyncio.sleep(0)
-    drained, _ = await asyncio.gather(runtime.services.inflight.drain(DRAIN_SECONDS), stopping)
+    drained, _ = await asyncio.gather(runtime.inflight.drain(DRAIN_SECONDS), stopping)
     if not drained:
-        log.warning(
-            "gave up waiting for work in flight", extra={"left": runtime.services.inflight.count}
-        )
+        log.warning("gave up waiting for work in flight", extra={"left": runtime.inflight.count})

@@ -12,7 +12,7 @@ from bot.config import AkSkAuthSettings, PasswordAuthSettings, TokenAuthSettings
 from bot.fakeslack import FakeSlack
 from bot.secret import Secret
 from bot.simulator import Simulator
-from tests.conftest import PROJECT, free_port, make_settings
+from tests.conftest import PROJECT, make_settings
 
 
 async def report(settings: object) -> tuple[int, str]:
@@ -40,8 +40,8 @@ async def test_unusable_state_store(sim: Simulator, slack: FakeSlack, tmp_path: 
     assert "alert state store (STATE_URL) cannot be used" in text
 
 
-async def test_unreachable_endpoint(sim: Simulator, slack: FakeSlack) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+async def test_unreachable_endpoint(sim: Simulator, slack: FakeSlack, refused_url: str) -> None:
+    dead = refused_url
     settings = make_settings(sim, slack, kps_endpoint=dead, kps_max_attempts=1)
     status, text = await report(settings)
     assert status == 1
@@ -88,10 +88,13 @@ async def test_clock_skew_too_large_for_aksk(slack: FakeSlack) -> None:
         assert "sk-secret" not in text
 
 
-async def test_slack_token_rejected_and_private_channel(sim: Simulator) -> None:
+async def test_slack_token_rejected_and_private_channel(sim: Simulator, state_url: str) -> None:
     channels = {"G0SECRET": {"name": "sre-private", "is_private": True, "is_member": False}}
     async with FakeSlack(channels=channels) as slack:
         status, text = await report(make_settings(sim, slack, slack_bot_token=Secret("xoxb-wrong")))
         assert status == 1 and "Slack rejected the bot token: invalid_auth" in text
-        status, text = await report(make_settings(sim, slack, stale_channel_id="G0SECRET"))
+        settings = make_settings(
+            sim, slack, stale_channel_id="G0SECRET", state_url=Secret(state_url)
+        )
+        status, text = await report(settings)
         assert status == 1 and "#sre-private is private and the bot is not in it" in text

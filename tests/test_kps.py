@@ -14,7 +14,7 @@ from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSTimeo
 from bot.kps import KPSClient, RetryPolicy
 from bot.secret import Secret
 from bot.simulator import Fault, RecordedRequest, Simulator, seed_tasks
-from tests.conftest import PROJECT, TOKEN, free_port
+from tests.conftest import PROJECT, TOKEN
 
 
 class Sleeps:
@@ -206,14 +206,14 @@ async def test_attempts_are_bounded(sim: Simulator, http: httpx.AsyncClient) -> 
     assert sim.count("GET", "/v3/") == 3 and len(sleeps.waits) == 2
 
 
-async def test_timeouts_and_unreachable_hosts_are_their_own_errors(sim: Simulator) -> None:
+async def test_timeouts_and_unreachable_hosts_are_their_own_errors(
+    sim: Simulator, refused_url: str
+) -> None:
     sim.latency = 1.0
     async with httpx.AsyncClient(auth=StaticTokenAuth(Secret(TOKEN)), timeout=0.1) as slow:
         with pytest.raises(KPSTimeout):
             await client_for(sim, slow, attempts=2).list_running_tasks()
-        dead = KPSClient(
-            slow, endpoint=f"http://127.0.0.1:{free_port()}", project_id=PROJECT, sleep=Sleeps()
-        )
+        dead = KPSClient(slow, endpoint=refused_url, project_id=PROJECT, sleep=Sleeps())
         with pytest.raises(KPSConnectionError) as caught:
             await dead.list_running_tasks()
         assert TOKEN not in str(caught.value) and TOKEN not in repr(dead)

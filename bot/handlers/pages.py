@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 
 from bot.blocks import Message, PageRef, build_error, build_page
+from bot.config import Settings
 from bot.errors import KPSError
+from bot.kps import KPSClient
 from bot.listing import fetch_listing
-from bot.services import Services
+from bot.services import page_context
 
 log = logging.getLogger(__name__)
 
 
 async def render_listing(
-    services: Services, ref: PageRef, *, shared_by: str | None = None
+    kps: KPSClient,
+    settings: Settings,
+    clock: Callable[[], datetime],
+    ref: PageRef,
+    *,
+    shared_by: str | None = None,
 ) -> Message:
     """The page `ref` asks for, or a message saying in words why KPS could not give it."""
     try:
-        listing = await fetch_listing(services.kps, ref)
+        listing = await fetch_listing(kps, ref)
     except KPSError as error:
         log.warning("listing failed", extra={"why": str(error)})
         return build_error(error, ref=ref, action="list running tasks")
@@ -25,6 +34,6 @@ async def render_listing(
         listing.tasks,
         total=listing.total,
         ref=listing.ref,
-        ctx=services.page_context(),
+        ctx=page_context(settings, clock()),
         shared_by=shared_by,
     )
