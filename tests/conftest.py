@@ -34,6 +34,17 @@ def free_port() -> int:
         return port
 
 
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Wait until `condition()` holds, polling: for state the code under test signals no other
+    way. A barrier for something to have happened, never proof that something did not."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.005)
+
+
 @pytest.fixture
 def refused_url() -> Iterator[str]:
     """A loopback URL that refuses connections: its port stays bound but never listens, so no

@@ -14,7 +14,7 @@ from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSTimeo
 from bot.kps import KPSClient, RetryPolicy
 from bot.secret import Secret
 from bot.simulator import Fault, RecordedRequest, Simulator, seed_tasks
-from tests.conftest import PROJECT, TOKEN
+from tests.conftest import PROJECT, TOKEN, until
 
 
 class Sleeps:
@@ -275,7 +275,8 @@ async def test_a_caller_leaving_does_not_cancel_the_shared_request(
     kps = client_for(sim, http)
     leaver = asyncio.create_task(kps.list_running_tasks(10, 0))
     stayer = asyncio.create_task(kps.list_running_tasks(10, 0))
-    await asyncio.sleep(0.05)
+    # Cancel only once the shared GET is at KPS (the simulator records it before its latency).
+    await until(lambda: sim.count("GET", "/v3/") == 1)
     leaver.cancel()
     page = await stayer
     assert page.total == 37 and sim.count("GET", "/v3/") == 1
