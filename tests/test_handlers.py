@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import Callable
 from typing import Any, get_type_hints
@@ -11,6 +12,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 
 from bot import handlers
 from bot.handlers import BOLT_ARGS, PROVIDED, check_injectable
+from bot.inflight import InFlight
 from bot.kps import KPSClient
 from bot.services import Provided
 
@@ -72,3 +74,24 @@ def test_a_listener_bolt_could_not_fill_is_refused_at_registration(
     # Bolt itself would pass None for an unknown name, or nothing for a keyword-only one.
     with pytest.raises(TypeError, match=name):
         check_injectable(listener)
+
+
+async def test_drain_waits_for_a_hold_that_begins_as_the_last_one_ends() -> None:
+    inflight = InFlight()
+    first_done, second_done = asyncio.Event(), asyncio.Event()
+
+    async def relay() -> None:
+        async with inflight.hold():
+            await first_done.wait()
+        async with inflight.hold():  # no await between: the count never shows 0 for long
+            await second_done.wait()
+
+    running = asyncio.create_task(relay())
+    await asyncio.sleep(0)
+    draining = asyncio.create_task(inflight.drain(0.2))
+    await asyncio.sleep(0)
+    first_done.set()
+    assert await draining is False and inflight.count == 1
+    second_done.set()
+    await running
+    assert await inflight.drain(1) is True
