@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import importlib.util
 import sys
 import types
@@ -114,15 +115,18 @@ def spawn_after_ack(
     """A listener that returns once `handler` has acked; the rest of `handler` runs on."""
     running: set[asyncio.Task[None]] = set()
 
-    async def listener(ack: Any, command: dict[str, Any], context: Any) -> None:
+    # Bolt reads the names a listener asks for through __wrapped__: the handler's own.
+    @functools.wraps(handler)
+    async def listener(**kwargs: Any) -> None:
+        ack = kwargs["ack"]
         acked = asyncio.Event()
 
-        async def ack_and_tell(*args: Any, **kwargs: Any) -> Any:
-            answer = await ack(*args, **kwargs)
+        async def ack_and_tell(*args: Any, **options: Any) -> Any:
+            answer = await ack(*args, **options)
             acked.set()
             return answer
 
-        work: asyncio.Task[None] = asyncio.create_task(handler(ack_and_tell, command, context))
+        work: asyncio.Task[None] = asyncio.create_task(handler(**{**kwargs, "ack": ack_and_tell}))
         running.add(work)
         work.add_done_callback(running.discard)
         told = asyncio.create_task(acked.wait())
@@ -158,7 +162,7 @@ def install(fixes: set[str]) -> None:
 
     def build_patched(*args: Any, **kwargs: Any) -> Any:
         runtime = build(*args, **kwargs)
-        kps = runtime.services.kps
+        kps = runtime.kps
         # Since e63543e the client gates and shares its GETs itself: wrapping again adds nothing.
         wanted = fixes & {"gate", "flight"}
         if wanted and not hasattr(kps, "_flights"):

@@ -25,11 +25,12 @@ from bot.auth import AkSkAuth, IamPasswordAuth, StaticTokenAuth
 from bot.blocks import build_line
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings, TokenAuthSettings
 from bot.gate import ResponseUrls, mark_verified, passed_verification
+from bot.inflight import InFlight
 from bot.kps import KPSClient, RetryPolicy
 from bot.logs import correlation_id, new_correlation_id, register_secret
 from bot.replies import Replies
 from bot.scan import Notices
-from bot.services import CONTEXT_KEY, Services
+from bot.services import Provided, SeenEvents, utc_now
 from bot.store import Store
 from bot.watcher import Pace, Watcher
 
@@ -76,7 +77,8 @@ class Runtime:
 
     settings: Settings
     app: AsyncApp
-    services: Services
+    kps: KPSClient
+    inflight: InFlight
     slack: AsyncWebClient
     http: httpx.AsyncClient
     session: aiohttp.ClientSession
@@ -136,7 +138,7 @@ def build_runtime(
     # no kps-bot.db appears in the working directory.
     channel = settings.stale_channel_id
     store = Store.open(settings.state_url.reveal()) if channel else None
-    services = Services(
+    provided = Provided(
         settings=settings,
         kps=kps,
         replies=Replies(
@@ -145,6 +147,9 @@ def build_runtime(
             allowed=ResponseUrls.for_api(settings.slack_api_url).allows,
         ),
         store=store,
+        inflight=InFlight(),
+        seen_events=SeenEvents(),
+        clock=utc_now,
     )
     watcher = None
     if store is not None and channel:
@@ -161,11 +166,11 @@ def build_runtime(
             ),
             pace=Pace(poll_interval=settings.poll_interval),
         )
-    app = build_app(settings, slack, services)
-    return Runtime(settings, app, services, slack, http, session, store, watcher)
+    app = build_app(settings, slack, provided)
+    return Runtime(settings, app, kps, provided["inflight"], slack, http, session, store, watcher)
 
 
-def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> AsyncApp:
+def build_app(settings: Settings, slack: AsyncWebClient, provided: Provided) -> AsyncApp:
     """The Bolt app with its middleware, listeners and error hook."""
     signing_secret = settings.slack_signing_secret
     app = AsyncApp(
@@ -176,8 +181,10 @@ def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> 
         process_before_response=False,
     )
 
+    # Each under its own name: Bolt passes a context key to the listener parameter named after
+    # it, so listeners declare what they use (see services.Provided).
     async def provide(context: AsyncBoltContext, next: Callable[[], Awaitable[None]]) -> None:
-        context[CONTEXT_KEY] = services
+        context.update(provided)
         await next()
 
     async def log_request(
@@ -205,7 +212,7 @@ def build_app(settings: Settings, slack: AsyncWebClient, services: Services) -> 
             notice = build_line(
                 f"Something went wrong on our side. It has been logged with id `{cid}`."
             )
-            await services.replies.send(url, notice)
+            await provided["replies"].send(url, notice)
         return None
 
     app.error(on_error)

@@ -86,7 +86,7 @@ async def check_kps(runtime: Runtime) -> CheckResult:
     settings = runtime.settings
     where = settings.kps_endpoint
     try:
-        page = await runtime.services.kps.list_running_tasks(1, 0)
+        page = await runtime.kps.list_running_tasks(1, 0)
     except KPSConnectionError:
         return CheckResult(False, f"KPS endpoint {where} is unreachable (DNS, network or TLS)")
     except KPSTimeout:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
@@ -37,7 +38,7 @@ def build_web_app(
         body: dict[str, object] = {
             "status": "ok" if problem is None else "impaired",
             "mode": "http",
-            "in_flight": runtime.services.inflight.count,
+            "in_flight": runtime.inflight.count,
             # off, standby (another replica watches) or leader
             "watcher": watcher.role if watcher is not None else "off",
         }
@@ -56,11 +57,12 @@ async def serve(
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
     host: str = "0.0.0.0",
+    listening: Callable[[int], None] | None = None,
 ) -> int:
     """Run until `stop` is set (SIGTERM and SIGINT set it); 0 after a clean shutdown.
 
     HTTP mode listens on `host` (every interface, as a platform's router expects; the demo
-    passes loopback).
+    passes loopback) and tells `listening` the port it got: with port 0 the system picks one.
     """
     stop = stop or asyncio.Event()
     if handle_signals:
@@ -82,7 +84,7 @@ async def serve(
         if settings.socket_mode:
             await _serve_socket(runtime, stop)
         else:
-            await _serve_http(runtime, stop, host)
+            await _serve_http(runtime, stop, host, listening)
     finally:
         await runtime.aclose()
     log.info("stopped cleanly")
@@ -101,7 +103,12 @@ async def _serve_socket(runtime: Runtime, stop: asyncio.Event) -> None:
     await _drain(runtime)
 
 
-async def _serve_http(runtime: Runtime, stop: asyncio.Event, host: str) -> None:
+async def _serve_http(
+    runtime: Runtime,
+    stop: asyncio.Event,
+    host: str,
+    listening: Callable[[int], None] | None,
+) -> None:
     web_app = build_web_app(runtime, stop)
     gate = web_app[GATE]
     runner = web.AppRunner(
@@ -109,7 +116,9 @@ async def _serve_http(runtime: Runtime, stop: asyncio.Event, host: str) -> None:
     )
     await runner.setup()
     await gate.listen(runner, host, runtime.settings.port)
-    log.info("listening", extra={"port": runtime.settings.port, "path": SLACK_PATH})
+    log.info("listening", extra={"port": gate.port, "path": SLACK_PATH})
+    if listening is not None:
+        listening(gate.port)
     await stop.wait()
     log.info("stopping: refusing new requests, finishing work in flight")
     gate.close()
@@ -120,8 +129,6 @@ async def _serve_http(runtime: Runtime, stop: asyncio.Event, host: str) -> None:
 async def _drain(runtime: Runtime) -> None:
     # The watcher finishes its step and gives its lease up meanwhile, inside the same budget.
     stopping = runtime.watcher.stop() if runtime.watcher is not None else asyncio.sleep(0)
-    drained, _ = await asyncio.gather(runtime.services.inflight.drain(DRAIN_SECONDS), stopping)
+    drained, _ = await asyncio.gather(runtime.inflight.drain(DRAIN_SECONDS), stopping)
     if not drained:
-        log.warning(
-            "gave up waiting for work in flight", extra={"left": runtime.services.inflight.count}
-        )
+        log.warning("gave up waiting for work in flight", extra={"left": runtime.inflight.count})

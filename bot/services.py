@@ -1,4 +1,4 @@
-"""What every listener needs, built once at start-up and handed over through Bolt's context."""
+"""What listeners need, put into each request's Bolt context by name at start-up."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypedDict
 
 from slack_bolt.context.ack.async_ack import AsyncAck
-from slack_bolt.context.async_context import AsyncBoltContext
 
 from bot.blockkit import ViewContext
 from bot.config import Settings
@@ -18,8 +17,6 @@ from bot.inflight import InFlight
 from bot.kps import KPSClient
 from bot.replies import Replies
 from bot.store import Store
-
-CONTEXT_KEY = "kps_services"
 
 
 def utc_now() -> datetime:
@@ -31,7 +28,7 @@ class SeenEvents:
     """Event ids handled recently: Slack redelivers an event it thinks was not acknowledged.
 
     Deduplicating on `event_id` rather than dropping every retry keeps a genuinely lost first
-    delivery from being lost twice (research/slack-bolt.md §7).
+    delivery from being lost twice.
     """
 
     def __init__(self, ttl: float = 600.0, limit: int = 10_000) -> None:
@@ -52,45 +49,43 @@ class SeenEvents:
         return True
 
 
-@dataclass(frozen=True)
-class Services:
-    """The KPS client, the reply channel, the alert store and the settings, for all listeners."""
+class Provided(TypedDict):
+    """What a middleware puts into every request's context, each under its own name.
+
+    Bolt hands a listener every context key its signature names, as it hands it `ack` or `body`
+    (slack_bolt/kwargs_injection/async_utils.py), so a listener declares exactly what it uses
+    as typed parameters: `kps: KPSClient`, `store: Store | None`. Bolt fills a name it does not
+    know with None and only logs a warning, so `handlers.register` refuses, at start-up, a
+    listener whose parameters are not all Bolt's own or keys of this dict.
+    """
 
     settings: Settings
     kps: KPSClient
     replies: Replies
-    inflight: InFlight = field(default_factory=InFlight)
-    seen_events: SeenEvents = field(default_factory=SeenEvents)
-    clock: Callable[[], datetime] = utc_now
-    store: Store | None = None  # None when STALE_CHANNEL_ID is unset: no notices, no state
-
-    def view_context(self) -> ViewContext:
-        """Project, region, thresholds and the time, for the page and notice builders."""
-        return ViewContext(
-            project_id=self.settings.project_id,
-            region=self.settings.region,
-            now=self.clock(),
-            stale_after=self.settings.stale_after,
-            renotify_after=self.settings.renotify_after,
-        )
+    store: Store | None  # None when STALE_CHANNEL_ID is unset: no notices, no state
+    inflight: InFlight
+    seen_events: SeenEvents
+    clock: Callable[[], datetime]
 
 
-def services_of(context: AsyncBoltContext) -> Services:
-    """The services a middleware put into this request's context."""
-    services = context[CONTEXT_KEY]
-    if not isinstance(services, Services):  # a wiring bug, not a user error
-        raise RuntimeError("kps-bot services are missing from the Bolt context")
-    return services
+def view_context(settings: Settings, now: datetime) -> ViewContext:
+    """Project, region, thresholds and the time, for the page, Home and notice builders."""
+    return ViewContext(
+        project_id=settings.project_id,
+        region=settings.region,
+        now=now,
+        stale_after=settings.stale_after,
+        renotify_after=settings.renotify_after,
+    )
 
 
 @asynccontextmanager
-async def acked(ack: AsyncAck, context: AsyncBoltContext) -> AsyncIterator[Services]:
+async def acked(ack: AsyncAck, inflight: InFlight) -> AsyncIterator[None]:
     """Ack the request and hold it in flight until the block ends.
 
     The hold starts before the ack: once Slack has its ack, a SIGTERM must still wait for the
     rest of the work (bot/server.py drains in-flight work before closing the clients).
     """
-    services = services_of(context)
-    async with services.inflight.hold():
+    async with inflight.hold():
         await ack()
-        yield services
+        yield

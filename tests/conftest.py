@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -26,10 +26,32 @@ PROJECT = "0f1e2d3c4b5a69788796a5b4c3d2e1f0"
 
 
 def free_port() -> int:
+    """A port free a moment ago, for a bot in another process only: it may be taken before
+    that process binds it. In-process servers bind port 0 and report the port they got."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:  # noqa: ASYNC109
+    """Wait until `condition()` holds, polling: for state the code under test signals no other
+    way. A barrier for something to have happened, never proof that something did not."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.005)
+
+
+@pytest.fixture
+def refused_url() -> Iterator[str]:
+    """A loopback URL that refuses connections: its port stays bound but never listens, so no
+    other server can take it while the test runs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 @pytest.fixture
@@ -50,7 +72,10 @@ async def slack() -> AsyncIterator[FakeSlack]:
 
 
 def make_settings(sim: Simulator, slack: FakeSlack, **changes: Any) -> Settings:
-    """Settings for a bot wired to the simulator and the stand-in, in HTTP mode."""
+    """Settings for a bot wired to the simulator and the stand-in, in HTTP mode, on port 0."""
+    if "stale_channel_id" in changes and "state_url" not in changes:
+        # Otherwise the store opens the default STATE_URL: kps-bot.db in the working tree.
+        raise TypeError("a bot with notices needs state_url (the state_url fixture)")
     settings = Settings(
         slack_bot_token=Secret("xoxb-test"),
         project_id=PROJECT,
@@ -60,7 +85,7 @@ def make_settings(sim: Simulator, slack: FakeSlack, **changes: Any) -> Settings:
         region="cn-north-4",
         slack_signing_secret=Secret(SIGNING_SECRET),
         slack_api_url=slack.api_url,
-        port=free_port(),
+        port=0,
         stale_after=timedelta(minutes=30),
         kps_timeout=10.0,
         kps_max_attempts=3,
@@ -82,22 +107,42 @@ class RunningBot:
         self.stop.set()
         return await asyncio.wait_for(self.task, 30)
 
+    async def settled(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109
+        """Wait until no listener is running: whatever the requests sent so far were going to
+        do, they have done (`/healthz` counts listener bodies in flight).
+
+        A listener starts holding before the HTTP answer reaches the sender: Bolt acks a
+        command inside the listener's hold, and schedules an event's listener before it
+        answers, on the same event loop as this test."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            health = (await self.sender.client.get(self.url + "/healthz")).json()
+            if health["in_flight"] == 0:
+                return
+            if loop.time() > deadline:
+                raise AssertionError(f"still {health['in_flight']} in flight after {timeout} s")
+            await asyncio.sleep(0.01)
+
 
 async def start_bot(settings: Settings) -> RunningBot:
+    """Serve `settings` on loopback, on the port the system gives; return once listening."""
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop=stop, handle_signals=False))
+    bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.create_task(
+        serve(
+            settings, stop=stop, handle_signals=False, host="127.0.0.1", listening=bound.set_result
+        )
+    )
+    await asyncio.wait({task, bound}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+    if not bound.done():
+        bound.cancel()
+        if task.done():
+            task.result()  # raises what stopped it
+            raise AssertionError(f"the bot exited with {task.result()} while starting")
+        raise AssertionError("bot did not come up")
+    settings = replace(settings, port=bound.result())
     url = f"http://127.0.0.1:{settings.port}"
-    async with httpx.AsyncClient() as client:
-        for _ in range(200):
-            if task.done():
-                task.result()
-            try:
-                if (await client.get(url + "/healthz")).status_code == 200:
-                    break
-            except httpx.TransportError:
-                await asyncio.sleep(0.02)
-        else:
-            raise AssertionError("bot did not come up")
     return RunningBot(settings, url, SlackSender(url, SIGNING_SECRET), stop, task)
 
 

@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.check import run_check
-from bot.config import AkSkAuthSettings, PasswordAuthSettings, TokenAuthSettings
+from bot.config import DEFAULT_STATE_URL, AkSkAuthSettings, PasswordAuthSettings, TokenAuthSettings
 from bot.sandbox.fakeslack import FakeSlack
 from bot.sandbox.simulator import Simulator
 from bot.secret import Secret
 from bot.store import SCHEMA_VERSION, Store, schema_version
-from tests.conftest import PROJECT, free_port, make_settings
+from tests.conftest import PROJECT, make_settings
 
 
 async def report(settings: object) -> tuple[int, str]:
@@ -51,7 +51,9 @@ async def test_check_creates_no_state_with_the_default_state_url(
 ) -> None:
     # Issue 10: with STALE_CHANNEL_ID and the default STATE_URL, check created ./kps-bot.db.
     monkeypatch.chdir(tmp_path)
-    settings = make_settings(sim, slack, stale_channel_id="C0ALERTS")
+    # The default STATE_URL, relative to the working directory (tmp_path here).
+    default = Secret(DEFAULT_STATE_URL)
+    settings = make_settings(sim, slack, stale_channel_id="C0ALERTS", state_url=default)
     assert settings.state_url.reveal() == "sqlite+aiosqlite:///kps-bot.db"
 
     status, text = await report(settings)
@@ -181,8 +183,8 @@ async def test_unusable_state_store(sim: Simulator, slack: FakeSlack, tmp_path: 
     assert "alert state store (STATE_URL) cannot be used" in text
 
 
-async def test_unreachable_endpoint(sim: Simulator, slack: FakeSlack) -> None:
-    dead = f"http://127.0.0.1:{free_port()}"
+async def test_unreachable_endpoint(sim: Simulator, slack: FakeSlack, refused_url: str) -> None:
+    dead = refused_url
     settings = make_settings(sim, slack, kps_endpoint=dead, kps_max_attempts=1)
     status, text = await report(settings)
     assert status == 1
@@ -229,10 +231,13 @@ async def test_clock_skew_too_large_for_aksk(slack: FakeSlack) -> None:
         assert "sk-secret" not in text
 
 
-async def test_slack_token_rejected_and_private_channel(sim: Simulator) -> None:
+async def test_slack_token_rejected_and_private_channel(sim: Simulator, state_url: str) -> None:
     channels = {"G0SECRET": {"name": "sre-private", "is_private": True, "is_member": False}}
     async with FakeSlack(channels=channels) as slack:
         status, text = await report(make_settings(sim, slack, slack_bot_token=Secret("xoxb-wrong")))
         assert status == 1 and "Slack rejected the bot token: invalid_auth" in text
-        status, text = await report(make_settings(sim, slack, stale_channel_id="G0SECRET"))
+        settings = make_settings(
+            sim, slack, stale_channel_id="G0SECRET", state_url=Secret(state_url)
+        )
+        status, text = await report(settings)
         assert status == 1 and "#sre-private is private and the bot is not in it" in text

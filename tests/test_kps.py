@@ -22,7 +22,7 @@ from bot.errors import (
 from bot.kps import KPSClient, RetryPolicy
 from bot.sandbox.simulator import Fault, RecordedRequest, Simulator, seed_tasks
 from bot.secret import Secret
-from tests.conftest import PROJECT, TOKEN, free_port
+from tests.conftest import PROJECT, TOKEN, until
 
 
 class Sleeps:
@@ -222,14 +222,14 @@ async def test_attempts_are_bounded(sim: Simulator, http: httpx.AsyncClient) -> 
     assert sim.count("GET", "/v3/") == 3 and len(sleeps.waits) == 2
 
 
-async def test_timeouts_and_unreachable_hosts_are_their_own_errors(sim: Simulator) -> None:
+async def test_timeouts_and_unreachable_hosts_are_their_own_errors(
+    sim: Simulator, refused_url: str
+) -> None:
     sim.latency = 1.0
     async with httpx.AsyncClient(auth=StaticTokenAuth(Secret(TOKEN)), timeout=0.1) as slow:
         with pytest.raises(KPSTimeout):
             await client_for(sim, slow, attempts=2).list_running_tasks()
-        dead = KPSClient(
-            slow, endpoint=f"http://127.0.0.1:{free_port()}", project_id=PROJECT, sleep=Sleeps()
-        )
+        dead = KPSClient(slow, endpoint=refused_url, project_id=PROJECT, sleep=Sleeps())
         with pytest.raises(KPSConnectionError) as caught:
             await dead.list_running_tasks()
         assert TOKEN not in str(caught.value) and TOKEN not in repr(dead)
@@ -291,7 +291,8 @@ async def test_a_caller_leaving_does_not_cancel_the_shared_request(
     kps = client_for(sim, http)
     leaver = asyncio.create_task(kps.list_running_tasks(10, 0))
     stayer = asyncio.create_task(kps.list_running_tasks(10, 0))
-    await asyncio.sleep(0.05)
+    # Cancel only once the shared GET is at KPS (the simulator records it before its latency).
+    await until(lambda: sim.count("GET", "/v3/") == 1)
     leaver.cancel()
     page = await stayer
     assert page.total == 37 and sim.count("GET", "/v3/") == 1

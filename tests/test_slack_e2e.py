@@ -159,7 +159,7 @@ async def test_bad_and_replayed_signatures_are_refused(bot: RunningBot, slack: F
         headers={"Content-Type": "application/x-www-form-urlencoded", **old},
     )
     assert replayed.status_code == 401
-    await asyncio.sleep(0.2)
+    await bot.settled()
     assert slack.calls_to("response_url") == []
 
 
@@ -261,7 +261,7 @@ async def test_mention_answers_in_thread(bot: RunningBot, slack: FakeSlack) -> N
     assert posted[0].args["thread_ts"] == "1764412345.000100"
     assert "1–10 of 37" in texts(posted[0].args)
     assert button(posted[0].args, ACTION_NEXT) is not None
-    await asyncio.sleep(0.3)
+    await bot.settled()
     assert len(slack.calls_to("chat.postMessage")) == 1
 
 

@@ -8,17 +8,19 @@ watching replica, which redraws the notice from the newest state in case two edi
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 from slack_bolt.context.ack.async_ack import AsyncAck
-from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.alerts import NoticeState
-from bot.blockkit import BadButtonValue, Message
+from bot.blockkit import BadButtonValue, Message, ViewContext
 from bot.blocks import build_line
+from bot.config import Settings
+from bot.inflight import InFlight
 from bot.notices import (
     NoticeRef,
     build_notice_list,
@@ -26,7 +28,8 @@ from bot.notices import (
     build_stale_notice,
     build_unknown_notice,
 )
-from bot.services import Services, acked
+from bot.replies import Replies
+from bot.services import acked, view_context
 from bot.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,82 +39,98 @@ async def handle_acknowledge(
     ack: AsyncAck,
     body: dict[str, Any],
     action: dict[str, Any],
-    context: AsyncBoltContext,
     client: AsyncWebClient,
+    replies: Replies,
+    store: Store | None,
+    settings: Settings,
+    inflight: InFlight,
+    clock: Callable[[], datetime],
 ) -> None:
     """Record who acknowledged the notice and when, and show it on the notice."""
-    async with acked(ack, context) as services:
-        found = await _notice_and_store(services, body, action)
+    async with acked(ack, inflight):
+        found = await _notice_and_store(replies, store, body, action)
         if found is None:
             return
         ref, store = found
-        state = await store.acknowledge(ref.notice_id, _user(body), now=services.clock())
-        await _redraw(services, client, body, state)
+        state = await store.acknowledge(ref.notice_id, _user(body), now=clock())
+        await _redraw(replies, client, body, state, view_context(settings, clock()))
 
 
 async def handle_snooze(
     ack: AsyncAck,
     body: dict[str, Any],
     action: dict[str, Any],
-    context: AsyncBoltContext,
     client: AsyncWebClient,
+    replies: Replies,
+    store: Store | None,
+    settings: Settings,
+    inflight: InFlight,
+    clock: Callable[[], datetime],
 ) -> None:
     """Stop the notice's reminders for 1, 4 or 24 hours, and show until when."""
-    async with acked(ack, context) as services:
-        found = await _notice_and_store(services, body, action)
+    async with acked(ack, inflight):
+        found = await _notice_and_store(replies, store, body, action)
         if found is None:
             return
         ref, store = found
         if not ref.hours:
-            await _answer(services, body, build_line("That snooze button could not be read."))
+            await _answer(replies, body, build_line("That snooze button could not be read."))
             return
-        now = services.clock()
+        now = clock()
         until = now + timedelta(hours=ref.hours)
         state = await store.snooze(ref.notice_id, _user(body), until=until, now=now)
-        await _redraw(services, client, body, state)
+        await _redraw(replies, client, body, state, view_context(settings, clock()))
 
 
 async def handle_stale_list(
-    ack: AsyncAck, body: dict[str, Any], action: dict[str, Any], context: AsyncBoltContext
+    ack: AsyncAck,
+    body: dict[str, Any],
+    action: dict[str, Any],
+    replies: Replies,
+    store: Store | None,
+    settings: Settings,
+    inflight: InFlight,
+    clock: Callable[[], datetime],
 ) -> None:
     """Every task of a notice with its state, a page at a time, only for the one who asked."""
-    async with acked(ack, context) as services:
-        found = await _notice_and_store(services, body, action)
+    async with acked(ack, inflight):
+        found = await _notice_and_store(replies, store, body, action)
         if found is None:
             return
         ref, store = found
         state = await store.notice_state(ref.notice_id)
         if state is None or not state.alerts:
-            await _answer(services, body, build_unknown_notice())
+            await _answer(replies, body, build_unknown_notice())
             return
-        message = build_notice_list(state, services.view_context(), offset=ref.offset)
-        await _answer(services, body, message, replace=ref.replace)
+        message = build_notice_list(state, view_context(settings, clock()), offset=ref.offset)
+        await _answer(replies, body, message, replace=ref.replace)
 
 
 async def _notice_and_store(
-    services: Services, body: dict[str, Any], action: dict[str, Any]
+    replies: Replies, store: Store | None, body: dict[str, Any], action: dict[str, Any]
 ) -> tuple[NoticeRef, Store] | None:
     try:
         ref = NoticeRef.parse(action.get("value"))
     except BadButtonValue as error:
-        await _answer(services, body, build_line(f"That button could not be read ({error})."))
+        await _answer(replies, body, build_line(f"That button could not be read ({error})."))
         return None
-    if services.store is None:
-        await _answer(services, body, build_notices_off())
+    if store is None:
+        await _answer(replies, body, build_notices_off())
         return None
-    return ref, services.store
+    return ref, store
 
 
 async def _redraw(
-    services: Services,
+    replies: Replies,
     client: AsyncWebClient,
     body: dict[str, Any],
     state: NoticeState | None,
+    ctx: ViewContext,
 ) -> None:
     if state is None or not state.alerts:
-        await _answer(services, body, build_unknown_notice())
+        await _answer(replies, body, build_unknown_notice())
         return
-    message = build_stale_notice(state, services.view_context())
+    message = build_stale_notice(state, ctx)
     container = body.get("container") or {}
     channel = state.notice.channel or container.get("channel_id")
     ts = state.notice.ts or container.get("message_ts")
@@ -124,15 +143,15 @@ async def _redraw(
                 "could not update the notice; replacing it through response_url",
                 extra={"error": error.response.get("error")},
             )
-    await _answer(services, body, message, replace=True)
+    await _answer(replies, body, message, replace=True)
 
 
 async def _answer(
-    services: Services, body: dict[str, Any], message: Message, *, replace: bool = False
+    replies: Replies, body: dict[str, Any], message: Message, *, replace: bool = False
 ) -> None:
     url = body.get("response_url")
     if isinstance(url, str):
-        await services.replies.send(url, message, replace_original=replace)
+        await replies.send(url, message, replace_original=replace)
 
 
 def _user(body: dict[str, Any]) -> str:

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 from slack_bolt.context.ack.async_ack import AsyncAck
-from slack_bolt.context.async_context import AsyncBoltContext
 
 from bot.blocks import PageRef, build_help, build_usage_error
+from bot.config import Settings
 from bot.handlers.pages import page_message
+from bot.inflight import InFlight
 from bot.intent import ListTasks, ShowHelp, parse_command
+from bot.kps import KPSClient
+from bot.replies import Replies
 from bot.services import acked
 
 COMMAND = "/kps"
 
 
-async def handle_kps(ack: AsyncAck, command: dict[str, Any], context: AsyncBoltContext) -> None:
+async def handle_kps(
+    ack: AsyncAck,
+    command: dict[str, Any],
+    kps: KPSClient,
+    replies: Replies,
+    settings: Settings,
+    inflight: InFlight,
+    clock: Callable[[], datetime],
+) -> None:
     """Help and usage errors go back in the ack; a page follows through `response_url`."""
     intent = parse_command(command.get("text"))
     if isinstance(intent, ShowHelp):
@@ -25,7 +38,7 @@ async def handle_kps(ack: AsyncAck, command: dict[str, Any], context: AsyncBoltC
         await ack(**build_usage_error(intent.text).as_payload())
         return
     # Ack first: Slack gives up after 3 seconds and KPS may be slower than that.
-    async with acked(ack, context) as services:
-        ref = PageRef(offset=0, page_size=services.settings.page_size, query=intent.query)
-        message = await page_message(services, ref)
-        await services.replies.send(command["response_url"], message)
+    async with acked(ack, inflight):
+        ref = PageRef(offset=0, page_size=settings.page_size, query=intent.query)
+        message = await page_message(kps, settings, clock, ref)
+        await replies.send(command["response_url"], message)

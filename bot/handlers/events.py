@@ -3,34 +3,46 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
-from slack_bolt.context.async_context import AsyncBoltContext
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blocks import HomeSummary, PageRef, build_help, build_home, build_usage_error
+from bot.config import Settings
 from bot.errors import KPSError
 from bot.handlers.pages import page_message
+from bot.inflight import InFlight
 from bot.intent import ListTasks, ShowHelp, parse_mention
+from bot.kps import KPSClient
 from bot.listing import census
-from bot.services import Services, services_of
+from bot.services import SeenEvents, view_context
+from bot.store import Store
 
 log = logging.getLogger(__name__)
 
 
 async def handle_mention(
-    body: dict[str, Any], event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient
+    body: dict[str, Any],
+    event: dict[str, Any],
+    client: AsyncWebClient,
+    kps: KPSClient,
+    settings: Settings,
+    inflight: InFlight,
+    seen_events: SeenEvents,
+    clock: Callable[[], datetime],
 ) -> None:
     """`@kps-bot tasks [words]` or `help`, answered in the mention's thread."""
-    services = services_of(context)
-    if not services.seen_events.first_time(str(body.get("event_id", ""))):
-        log.info("duplicate event delivery ignored")
-        return
-    async with services.inflight.hold():
+    # Held before the duplicate check too: in flight 0 then also means a redelivery was seen.
+    async with inflight.hold():
+        if not seen_events.first_time(str(body.get("event_id", ""))):
+            log.info("duplicate event delivery ignored")
+            return
         intent = parse_mention(event.get("text"))
         if isinstance(intent, ListTasks):
-            ref = PageRef(offset=0, page_size=services.settings.page_size, query=intent.query)
-            message = await page_message(services, ref)
+            ref = PageRef(offset=0, page_size=settings.page_size, query=intent.query)
+            message = await page_message(kps, settings, clock, ref)
         elif isinstance(intent, ShowHelp):
             message = build_help()
         else:
@@ -43,17 +55,22 @@ async def handle_mention(
 
 
 async def handle_home(
-    event: dict[str, Any], context: AsyncBoltContext, client: AsyncWebClient
+    event: dict[str, Any],
+    client: AsyncWebClient,
+    kps: KPSClient,
+    store: Store | None,
+    settings: Settings,
+    inflight: InFlight,
+    clock: Callable[[], datetime],
 ) -> None:
     """A live summary on the Home tab: running, stale, the oldest, and a button to list them."""
     if event.get("tab", "home") != "home":
         return
-    services = services_of(context)
-    async with services.inflight.hold():
-        ctx = services.view_context()
+    async with inflight.hold():
+        ctx = view_context(settings, clock())
         error: KPSError | None = None
         try:
-            snapshot = await services.kps.walk_running_tasks()
+            snapshot = await kps.walk_running_tasks()
             counts = census(snapshot.tasks, now=ctx.now, stale_after=ctx.stale_after)
         except KPSError as exc:
             error = exc
@@ -63,19 +80,19 @@ async def handle_home(
             stale=counts.stale,
             oldest=counts.oldest,
             fetched_at=ctx.fetched_at,
-            problems=await _problems(services),
+            problems=await _problems(store),
             error=error,
         )
-        view = build_home(summary, ctx, page_size=services.settings.page_size)
+        view = build_home(summary, ctx, page_size=settings.page_size)
         await client.views_publish(user_id=event["user"], view=view)
 
 
-async def _problems(services: Services) -> tuple[str, ...]:
+async def _problems(store: Store | None) -> tuple[str, ...]:
     """What the watcher recorded as wrong (Slack refusing notices, scans failing)."""
-    if services.store is None:
+    if store is None:
         return ()
     try:
-        return tuple(await services.store.problems())
+        return tuple(await store.problems())
     except Exception:  # the Home tab still shows the counts when the store is unreachable
         log.warning("could not read problems from the state store", exc_info=True)
         return ("The state store (STATE_URL) cannot be read; see the bot's log.",)
