@@ -250,7 +250,7 @@ class KPSClient:
     ) -> Snapshot:
         """All running tasks, page by page until `total`, never the same task twice.
 
-        KPS pages by item offset (research/kps-api.md §2), so a task that ends mid-walk shifts the
+        KPS pages by item offset (../shared/research/kps-api.md §2), so a task that ends mid-walk shifts the
         rest left and one still running could be skipped. A walk therefore counts as complete only
         when every page reported the same total and that many distinct tasks were seen (readable
         or rejected); otherwise it is repeated, up to `attempts` times, and the last result is

@@ -50,7 +50,7 @@ class Replies:
         """Send `message`; True when Slack accepted it.
 
         `replace_original` is always sent explicitly: legacy messages replaced by default and a
-        missing flag has surprised people before (research/slack-bolt.md §1).
+        missing flag has surprised people before (../shared/research/slack-bolt.md §1).
         """
         if not self._allowed(response_url):
             # The path is a credential for that reply: log where it pointed, not all of it.

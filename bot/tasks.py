@@ -10,7 +10,7 @@ from typing import Final
 # The running-tasks page lists FAILED_RESET/FAILED_REPLACE/FAILED_UNBIND, its own example shows
 # RUNNING_RESET, Terraform documents a bare RUNNING, and the task-status API uses
 # {READY|RUNNING|FAILED|SUCCESS}_{RESET|REPLACE|UNBIND|BIND}. So the value stays an open string and
-# only the known pattern gets words (research/kps-api.md §2).
+# only the known pattern gets words (../shared/research/kps-api.md §2).
 _PATTERN = re.compile(r"^(READY|RUNNING|FAILED|SUCCESS)_(RESET|REPLACE|UNBIND|BIND)$")
 _ACTIONS = {
     "RESET": "Reset key pair",

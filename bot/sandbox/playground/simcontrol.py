@@ -27,7 +27,7 @@ _SERVERS: Final = (
 )
 _KEYPAIRS: Final = ("KeyPair-ops-2025", "kp-deploy-ci", "team-sre-ed25519", "kp-k8s-nodes")
 # What a failed task says in the demo; KPS's own codes are undocumented beyond KPS.0002
-# (research/kps-api.md §3), so this one is labelled as made up.
+# (../shared/research/kps-api.md §3), so this one is labelled as made up.
 _FAILURE: Final = {
     "error_code": "KPS.DEMO1",
     "error_msg": "The server did not answer the key pair injection (simulated failure)",
