@@ -8,16 +8,23 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import pytest
+from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blockkit import Message, escape, redact_payload, section_block
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings, TokenAuthSettings
+from bot.gate import ResponseUrls
 from bot.logs import REDACTED, register_secret
+from bot.outbox import Delivery, Outbox
+from bot.replies import Replies
 from bot.sandbox.fakeslack import Call, FakeSlack
 from bot.sandbox.simulator import Fault, Simulator, seed_tasks
 from bot.secret import Secret
+from bot.store import Store
 from tests.conftest import ALERTS, PROJECT, TOKEN, make_settings, start_bot
 from tests.standin import wait_for
 
@@ -193,3 +200,67 @@ def test_a_message_never_hands_out_a_registered_secret() -> None:
     register_secret(SK)
     message = Message(text=f"key {SK}", blocks=(section_block(f"key {SK}"),))
     assert SK not in json.dumps(message.as_payload())
+
+
+# --- the edges: whatever reaches them, no registered secret leaves --------------------------------
+
+EDGE_SECRET = "edge-SECRET-5b7d9f1e3c"
+
+
+class _Raw(Message):
+    """A Message whose payload skips as_payload's redaction: something built some other way."""
+
+    def as_payload(self) -> dict[str, Any]:
+        return {"text": self.text, "blocks": list(self.blocks)}
+
+
+async def test_a_stored_notice_is_redacted_when_the_outbox_sends_it(
+    slack: FakeSlack, slack_client: AsyncWebClient, state_url: str
+) -> None:
+    register_secret(EDGE_SECRET)
+    store = Store.open(state_url)
+    await store.migrate()
+    now = datetime.now(UTC)
+    # A row written by an older version, or by a path that did not redact: stored as it came.
+    body = {"text": f"impaired: {EDGE_SECRET}", "blocks": [section_block(f"key {EDGE_SECRET}")]}
+    try:
+        assert await store.mark_impaired(channel=ALERTS, now=now, body=body, problem="p")
+        outbox = Outbox(
+            store=store,
+            slack=slack_client,
+            config=Delivery(),
+            holder="test",
+            render=lambda state: {},
+            clock=lambda: datetime.now(UTC),
+        )
+        assert await outbox.deliver() == 1
+    finally:
+        await store.close()
+    (posted,) = await wait_for(slack, "chat.postMessage", 1)
+    shown = _everything([posted])
+    assert EDGE_SECRET not in shown and REDACTED in shown
+
+
+async def test_a_response_url_reply_is_redacted_however_it_was_built(slack: FakeSlack) -> None:
+    register_secret(EDGE_SECRET)
+    message = _Raw(text=f"said {EDGE_SECRET}", blocks=(section_block(f"said {EDGE_SECRET}"),))
+    async with aiohttp.ClientSession() as session:
+        replies = Replies(session, allowed=ResponseUrls.for_api(slack.api_url).allows)
+        assert await replies.send(slack.response_url("edge"), message)
+    (reply,) = await wait_for(slack, "response_url", 1)
+    shown = _everything([reply])
+    assert EDGE_SECRET not in shown and REDACTED in shown
+
+
+async def test_the_home_tab_is_redacted_where_it_is_published(
+    bot: Any, sim: Simulator, slack: FakeSlack
+) -> None:
+    # A KPS string that holds a configured secret (the oldest task's name): shown nowhere.
+    sim.add_task(
+        server_name=f"copied {TOKEN} here", task_time_ms=int((time.time() - 86_400) * 1000)
+    )
+    home = {"type": "app_home_opened", "user": "U0ALICE", "channel": "D0A", "tab": "home"}
+    await bot.sender.event(home, event_id="EvHomeLeak")
+    (view,) = await wait_for(slack, "views.publish", 1, timeout=15)
+    shown = _everything([view])
+    assert "copied" in shown and TOKEN not in shown and REDACTED in shown
