@@ -126,8 +126,8 @@ def redact_payload(payload: Any) -> Any:
 def _redact_shown(text: str) -> str:
     redacted = redact(text)
     # A secret holding `&`, `<` or `>` reaches mrkdwn escaped, where its registered forms do
-    # not match; read back as the user will see it, it does. Such a string is shown unescaped
-    # for mrkdwn, which costs nothing but a link or a date token in it.
+    # not match; read back as the user will see it, it does. Such a string is then escaped
+    # whole again, so a date token or mention in it shows as text: rare, and safe.
     shown = redacted.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
     if shown == redacted:
         return redacted
