@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from bot.blockkit import (
@@ -38,9 +39,19 @@ from bot.blockkit import (
     safe_text,
     section_block,
     text_field,
+    upstream_span,
+    upstream_words,
     where_and_when,
 )
-from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
+from bot.errors import (
+    KPSAPIError,
+    KPSBadResponse,
+    KPSConnectionError,
+    KPSError,
+    KPSResponseTooLarge,
+    KPSThrottled,
+    KPSTimeout,
+)
 from bot.tasks import Task, is_stale, operation_label
 
 # Action ids: handlers register these exact strings. Stale-notice buttons will use `kps_stale_*`.
@@ -157,8 +168,12 @@ def build_page(
     ref: PageRef,
     ctx: ViewContext,
     shared_by: str | None = None,
+    rejected: int = 0,
 ) -> Message:
-    """One page of running tasks with its range, the age of each task and paging buttons."""
+    """One page of running tasks with its range, the age of each task and paging buttons.
+
+    `rejected` counts task records KPS sent for this page that could not be read.
+    """
     shared_by = shared_by or ref.shared_by or None
     if len(tasks) > ref.page_size:
         raise ValueError(f"{len(tasks)} tasks for a page of {ref.page_size}")
@@ -166,8 +181,22 @@ def build_page(
     total = max(total, 0, ref.offset + len(tasks) if tasks else 0)
     text = _page_fallback(tasks, total, ref)
     return fit(
-        text, _CLIP_TIERS, lambda clips: _page_blocks(tasks, total, ref, ctx, shared_by, clips)
+        text,
+        _CLIP_TIERS,
+        lambda clips: _with_rejected(
+            _page_blocks(tasks, total, ref, ctx, shared_by, clips), rejected
+        ),
     )
+
+
+def _with_rejected(blocks: list[Block], rejected: int) -> list[Block]:
+    """`blocks` with a line, above the task list, saying how many records were left out."""
+    if rejected <= 0:
+        return blocks
+    noun, verb = ("task record", "is") if rejected == 1 else ("task records", "are")
+    line = context_block(f":warning: {rejected} {noun} could not be read and {verb} not shown.")
+    at = next((i for i, b in enumerate(blocks) if b["type"] in ("divider", "actions")), len(blocks))
+    return [*blocks[:at], line, *blocks[at:]]
 
 
 def _page_blocks(
@@ -350,12 +379,22 @@ def _failure_words(error: KPSError) -> str:
         return "KPS is not answering (timed out)."
     if isinstance(error, KPSConnectionError):
         return "KPS cannot be reached (the connection failed)."
+    service = _service(error)
+    if isinstance(error, KPSResponseTooLarge):
+        return f"{service} sent an answer too large to read (over {error.limit:,} bytes)."
     if isinstance(error, KPSBadResponse):
-        return f"KPS sent an answer the bot cannot read (HTTP {error.status})."
+        return f"{service} sent an answer the bot cannot read (HTTP {error.status})."
+    if isinstance(error, KPSThrottled):
+        return f"{service} is throttling requests (HTTP {error.status}, too many requests)."
     if isinstance(error, KPSAPIError):
-        service = safe_text(error.service, 40) or "KPS"
         return f"{service} answered HTTP {error.status}{_status_words(error.status)}."
     return "KPS failed."
+
+
+def _service(error: KPSError) -> str:
+    """Who failed: "KPS" or "IAM" (the token service), as the error says."""
+    service = getattr(error, "service", "KPS")
+    return safe_text(service, 40) if isinstance(service, str) and service.strip() else "KPS"
 
 
 def _status_words(status: int) -> str:
@@ -372,28 +411,30 @@ def _status_words(status: int) -> str:
 def _failure_details(error: KPSError) -> str:
     if isinstance(error, KPSAPIError):
         lines = [f"HTTP status: {error.status}"]
+        # What KPS, IAM or a gateway said may echo the request, credentials included (issue
+        # 10): every upstream string is redacted and clipped before it is shown.
         if error.error_code:
-            lines.append(f"Error code: {code_span(error.error_code, 200)}")
+            lines.append(f"Error code: {upstream_span(error.error_code, 200)}")
         if error.error_msg:
-            lines.append(f"Message: {code_span(error.error_msg, 1000)}")
+            lines.append(f"Message: {upstream_span(error.error_msg)}")
         lines.append(f"Request id: {_request_id(error.request_id)}")
         return "\n".join(lines)
     if isinstance(error, KPSBadResponse):
-        detail = code_span(error.detail, 1000)
+        detail = upstream_span(error.detail)
         return f"Detail: {detail}\nRequest id: {_request_id(error.request_id)}"
-    return f"Detail: {code_span(str(error), 1000)}" if str(error).strip() else ""
+    return f"Detail: {upstream_span(str(error))}" if str(error).strip() else ""
 
 
 def _failure_line(error: KPSError) -> str:
     # Mobile notifications show only the fallback text, so it names KPS's code and message too.
     if isinstance(error, KPSAPIError) and (error.error_code or error.error_msg):
-        said = safe_text(f"{error.error_code[:200]} {error.error_msg[:200]}", 200)
+        said = upstream_words(f"{error.error_code[:200]} {error.error_msg}", 200)
         return f"{_failure_words(error)} {said}"
     return _failure_words(error)
 
 
 def _request_id(request_id: str | None) -> str:
-    return code_span(request_id, 200) if request_id else "none sent"
+    return upstream_span(request_id, 200) if request_id else "none sent"
 
 
 def _failure_hint(error: KPSError) -> str:
@@ -401,12 +442,29 @@ def _failure_hint(error: KPSError) -> str:
         return "KPS may be slow or overloaded; retry in a moment."
     if isinstance(error, KPSConnectionError):
         return "Check KPS_ENDPOINT and the network between the bot and Huawei Cloud."
+    service = _service(error)
+    if isinstance(error, KPSResponseTooLarge):
+        return (
+            f"A page of tasks is far smaller than {error.limit:,} bytes, so {service} or a proxy in"
+            " between misbehaved; quote the request id to support."
+        )
     if isinstance(error, KPSBadResponse):
         return (
-            "KPS or a proxy in between sent something unexpected; quote the request id to support."
+            f"{service} or a proxy in between sent something unexpected; quote the request id"
+            " to support."
         )
+    if isinstance(error, KPSThrottled):
+        wait = error.retry_after
+        if wait is None or wait <= 0:
+            return f"{service} asks for fewer requests; wait a minute, then retry."
+        return f"{service} asks to wait {_wait_words(wait)}; retry after that."
     if isinstance(error, KPSAPIError):
         status = error.status
+        if service == "IAM" and status in (400, 401, 403):
+            return (
+                "IAM refused the token request: check HUAWEICLOUD_USERNAME, HUAWEICLOUD_PASSWORD,"
+                " HUAWEICLOUD_DOMAIN and IAM_ENDPOINT."
+            )
         if status == 401:
             return (
                 "The credentials were refused: check KPS_AUTH_TOKEN (an IAM token lasts 24 h), "
@@ -420,10 +478,22 @@ def _failure_hint(error: KPSError) -> str:
         if status == 404:
             return "Check KPS_ENDPOINT and HUAWEICLOUD_SDK_PROJECT_ID."
         if status == 429:
-            return "KPS is throttling requests; wait a minute, then retry."
+            return f"{service} is throttling requests; wait a minute, then retry."
         if status >= 500:
-            return "KPS has trouble on its side; retry later, and quote the request id to support."
+            return (
+                f"{service} has trouble on its side; retry later, and quote the request id to"
+                " support."
+            )
     return "Retry in a moment; if it keeps failing, ask whoever runs the bot to check its log."
+
+
+def _wait_words(seconds: float) -> str:
+    """A Retry-After in words: "30 s", "2 min", "1 h 5 min" (whole seconds, rounded up)."""
+    whole = max(1, math.ceil(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    # format_duration rounds down; a wait shown shorter than asked would invite a refusal.
+    return format_duration(timedelta(minutes=math.ceil(whole / 60)))
 
 
 # --- Home tab ---------------------------------------------------------------------------------
@@ -469,7 +539,8 @@ def _home_oldest(task: Task, ctx: ViewContext) -> str:
 
 
 def _home_problems(problems: tuple[str, ...]) -> str:
-    lines = [f"• {safe_text(p, 250) or '(no details)'}" for p in problems[:_PROBLEMS_SHOWN]]
+    # A problem may quote an upstream error (the watcher's last one): redacted like it.
+    lines = [f"• {upstream_words(p, 250) or '(no details)'}" for p in problems[:_PROBLEMS_SHOWN]]
     if len(problems) > _PROBLEMS_SHOWN:
         lines.append(f"…and {len(problems) - _PROBLEMS_SHOWN} more")
     return "*Problems*\n" + "\n".join(lines)

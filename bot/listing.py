@@ -19,6 +19,7 @@ class Listing:
     tasks: tuple[Task, ...]
     total: int
     ref: PageRef
+    rejected: int = 0  # task records KPS sent for this page that could not be read
 
 
 async def fetch_page(kps: KPSClient, ref: PageRef) -> Listing:
@@ -28,12 +29,14 @@ async def fetch_page(kps: KPSClient, ref: PageRef) -> Listing:
         found = filter_tasks(snapshot.tasks, ref.query)
         shown = clamp(ref, len(found))
         end = shown.offset + shown.page_size
-        return Listing(tuple(found[shown.offset : end]), len(found), shown)
+        # An unreadable record has no name to filter by: it is counted as left out of any page.
+        rejected = len(snapshot.rejected)
+        return Listing(tuple(found[shown.offset : end]), len(found), shown, rejected)
     page = await kps.list_running_tasks(ref.page_size, ref.offset)
     shown = clamp(ref, page.total)
     if shown != ref:
         page = await kps.list_running_tasks(shown.page_size, shown.offset)
-    return Listing(page.tasks[: shown.page_size], page.total, shown)
+    return Listing(page.tasks[: shown.page_size], page.total, shown, len(page.rejected))
 
 
 def clamp(ref: PageRef, total: int) -> PageRef:

@@ -43,8 +43,10 @@ from bot.blockkit import (
     plural,
     safe_text,
     section_block,
+    upstream_words,
     where_and_when,
 )
+from bot.logs import redact
 from bot.tasks import TaskStatus, operation_label, status_label
 
 ACTION_ACK: Final = "kps_stale_ack"
@@ -334,7 +336,7 @@ def build_notices_off() -> Message:
 def build_impaired(state: WatchState, ctx: ViewContext, *, poll_interval: float) -> Message:
     """The one notice that watching is impaired: since when, why, and what that means."""
     since = state.failing_since or ctx.now
-    error = safe_text(state.last_error or "unknown error", 600) or "unknown error"
+    error = upstream_words(state.last_error or "unknown error") or "unknown error"
     lines = (
         f":warning: *Watching for stale key-pair tasks is impaired.* The last {state.failures}"
         f" scans of the running tasks failed (since {format_date(since)}).",
@@ -368,7 +370,8 @@ def build_recovered(state: WatchState, ctx: ViewContext) -> Message:
 def watch_problem(state: WatchState) -> str:
     """The Home tab's words for an impaired watcher (plain text; the Home tab escapes it)."""
     since = format_utc(state.failing_since) if state.failing_since else "recently"
-    error = (state.last_error or "unknown error")[:200]
+    # Redacted before it is cut, and so before the store keeps it: a cut secret goes unseen.
+    error = redact((state.last_error or "unknown error")[:20_000])[:200]
     return f"Watching for stale tasks is impaired since {since}: {error}"
 
 

@@ -21,6 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.alerts import NoticeState
+from bot.blockkit import redact_payload
 from bot.store import POST, REPLY, UPDATE, OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,8 @@ class Outbox:
         if payload is None:
             await self._store.give_up(item, error="the notice is gone from the store")
             return Outcome.REFUSED
+        # Rows stored before redaction existed, or by another version, are redacted here too.
+        payload = redact_payload(payload)
         try:
             if item.kind == UPDATE:
                 response = await self._slack.chat_update(

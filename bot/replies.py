@@ -15,7 +15,7 @@ import aiohttp
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.blockkit import Message
+from bot.blockkit import Message, redact_payload
 from bot.gate import SLACK_HOOKS_ONLY, describe_url
 
 log = logging.getLogger(__name__)
@@ -65,6 +65,8 @@ class Replies:
         body = dict(message.as_payload())
         body["response_type"] = response_type
         body["replace_original"] = replace_original
+        # The last step before Slack: whatever built `message`, no secret leaves (issue 10).
+        body = redact_payload(body)
         try:
             response = await client.send_dict(body)
         except (aiohttp.ClientError, TimeoutError) as exc:

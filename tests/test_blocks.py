@@ -40,7 +40,16 @@ from bot.blocks import (
     build_page,
     build_usage_error,
 )
-from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
+from bot.errors import (
+    KPSAPIError,
+    KPSBadResponse,
+    KPSConnectionError,
+    KPSError,
+    KPSResponseTooLarge,
+    KPSThrottled,
+    KPSTimeout,
+)
+from bot.logs import REDACTED, register_secret
 from bot.tasks import Task
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -670,6 +679,126 @@ def test_error_with_huge_kps_strings_still_fits() -> None:
     error = KPSAPIError(500, "<" * 5000, "&" * 50_000, "`" * 5000)
     message = error_message(error)
     assert "…" in all_text(message)
+
+
+def test_bad_answer_names_the_service_that_sent_it() -> None:
+    error = KPSBadResponse("no X-Subject-Token header", status=201, request_id=None, service="IAM")
+    message = error_message(error)
+    text = all_text(message)
+    assert "IAM sent an answer the bot cannot read (HTTP 201)" in text
+    assert "IAM or a proxy in between" in text
+    assert "KPS sent" not in text
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "wait"), [(30.0, "wait 30 s"), (90.0, "wait 2 min"), (99_999.0, "wait 1 d 3 h")]
+)
+def test_throttling_says_so_and_when_to_try_again(retry_after: float, wait: str) -> None:
+    error = KPSThrottled(KPSAPIError(429, "APIG.0308", "over ratelimit", "r9"), retry_after)
+    message = error_message(error)
+    text = all_text(message)
+    assert message.text.startswith("Could not list running tasks: KPS is throttling requests")
+    assert f"KPS asks to {wait}; retry after that." in text
+    assert "cannot read" not in text
+
+
+def test_throttling_without_retry_after_asks_for_a_minute() -> None:
+    error = KPSThrottled(KPSAPIError(429, "APIG.0308", "over ratelimit", None), None)
+    assert "wait a minute, then retry" in all_text(error_message(error))
+
+
+def test_an_answer_too_large_says_so() -> None:
+    error = KPSResponseTooLarge(16 * 1024 * 1024, status=200, request_id="r-big")
+    text = all_text(error_message(error))
+    assert "KPS sent an answer too large to read (over 16,777,216 bytes)" in text
+    assert "cannot read (HTTP" not in text
+    assert "Request id: `r-big`" in text
+
+
+def test_iam_refusing_the_token_request_points_at_the_iam_settings() -> None:
+    error = KPSAPIError(400, "APIG.0201", "Request body invalid", None, service="IAM")
+    text = all_text(error_message(error))
+    assert "IAM answered HTTP 400 (bad request)" in text
+    assert "HUAWEICLOUD_PASSWORD" in text
+
+
+def test_upstream_messages_are_clipped_to_300_characters() -> None:
+    error = KPSAPIError(400, "APIG.0201", "x" * 5000, None)
+    text = all_text(error_message(error))
+    shown = re.search(r"Message: `(x+)…`", text)
+    assert shown is not None and len(shown.group(1)) < 300
+
+
+def test_echoed_credentials_are_redacted_before_escaping_and_clipping() -> None:
+    secret = "Pw<&>" + "9" * 20
+    register_secret(secret)
+    signature = "4f" * 32
+    said = (
+        f"{'y' * 280} {secret} Authorization: SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host,"
+        f" Signature={signature}; X-Security-Token: sts-abcdefgh"
+    )
+    for error in (
+        KPSAPIError(400, "APIG.0201", said, None),
+        KPSAPIError(400, "APIG.0201", said[285:], said[285:]),
+        KPSBadResponse(said[285:], status=200, request_id=None, service="IAM"),
+    ):
+        message = error_message(error)
+        shown = json.dumps(message.as_payload(), ensure_ascii=False)
+        # Not even the start of the secret, which a clip at 300 would cut into.
+        assert "Pw<" not in shown and "Pw&lt;" not in shown
+        assert signature[:8] not in shown and "sts-abcdefgh" not in shown
+    assert REDACTED in all_text(error_message(KPSAPIError(400, "A", said[285:], None)))
+
+
+def test_home_problems_are_redacted() -> None:
+    register_secret("hunter2-home-secret")
+    summary = HomeSummary(
+        running=0,
+        stale=0,
+        oldest=None,
+        fetched_at=NOW,
+        problems=("Watching is impaired: password=hunter2-home-secret",),
+    )
+    shown = json.dumps(build_home(summary, context()), ensure_ascii=False)
+    assert "hunter2" not in shown and REDACTED in shown
+
+
+# --- KPS text cannot format --------------------------------------------------------------------
+
+
+def test_kps_formatting_characters_are_inert_but_ids_stay_exact() -> None:
+    odd = task(
+        1,
+        server_name="*bold* _it_ ~gone~ `code` web_server_01",
+        task_id="id_with_*stars*_",
+        keypair_name="kp_*x*_",
+    )
+    message = build_page([odd], total=1, ref=PageRef(), ctx=context())
+    assert_valid_message(message)
+    text = all_text(message)
+    assert "\u2217bold\u2217 \u02cdit\u02cd \u223cgone\u223c \u02cbcode\u02cb web_server_01" in text
+    assert "*bold*" not in text and "_it_" not in text and "~gone~" not in text
+    # Inside a code span nothing formats: ids and key pair names read as KPS wrote them.
+    assert "`id_with_*stars*_`" in text and "`kp_*x*_`" in text
+
+
+# --- unreadable records ------------------------------------------------------------------------
+
+
+def test_a_page_says_how_many_records_could_not_be_read() -> None:
+    tasks = [task(1), task(2)]
+    many = build_page(tasks, total=4, ref=PageRef(), ctx=context(), rejected=2)
+    one = build_page(tasks, total=3, ref=PageRef(), ctx=context(), rejected=1)
+    none = build_page(tasks, total=2, ref=PageRef(), ctx=context())
+    for message in (many, one, none):
+        assert_valid_message(message)
+    assert "2 task records could not be read and are not shown." in all_text(many)
+    assert "1 task record could not be read and is not shown." in all_text(one)
+    assert "could not be read" not in all_text(none)
+    # The line sits above the task list, where the count it qualifies is.
+    kinds = [b["type"] for b in many.blocks]
+    line = next(i for i, b in enumerate(many.blocks) if "could not be read" in json.dumps(b))
+    assert kinds[line + 1] == "divider"
 
 
 # --- help, usage, notices ----------------------------------------------------------------------

@@ -37,4 +37,5 @@ async def page_message(
         ref=listing.ref,
         ctx=view_context(settings, clock()),
         shared_by=shared_by,
+        rejected=listing.rejected,
     )
