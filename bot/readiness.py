@@ -25,6 +25,7 @@ TOKEN_REFUSALS: Final = frozenset(
     {"invalid_auth", "not_authed", "account_inactive", "token_revoked", "token_expired"}
 )
 NOT_CHECKED: Final = "Slack auth.test not answered yet"
+REJECTED: Final = "Slack rejected SLACK_BOT_TOKEN"
 UNREACHABLE: Final = "Slack unreachable"
 # Bounds the start: slack_sdk's retry handlers (connection errors, 429, 5xx) run inside it.
 AUTH_TEST_SECONDS: Final = 10.0
@@ -39,7 +40,7 @@ def describe_auth_failure(error: Exception) -> str:
     if isinstance(error, SlackApiError):
         _, code, _, why = read_refusal(error)
         if code in TOKEN_REFUSALS:
-            return f"Slack rejected SLACK_BOT_TOKEN ({code})"
+            return f"{REJECTED} ({code})"
         return f"Slack answered auth.test with {why}"
     return UNREACHABLE
 
@@ -91,7 +92,10 @@ class Readiness:
             problem = describe_auth_failure(error)
             if problem != self.slack_problem:
                 cause = "" if isinstance(error, SlackApiError) else f" ({type(error).__name__})"
-                log.error(
+                # A refused token waits for a person; anything else usually heals by itself.
+                refused = problem.startswith(REJECTED)
+                log.log(
+                    logging.ERROR if refused else logging.WARNING,
                     "%s%s: replies and notices cannot be posted and /readyz answers 503 until "
                     "auth.test passes; asking again every %g s at most",
                     problem,
