@@ -135,7 +135,7 @@ async def test_a_state_store_that_hangs_is_not_ready_within_the_probe_deadline(
 ) -> None:
     import asyncpg
 
-    monkeypatch.setattr(readiness, "STORE_SECONDS", 0.2)
+    monkeypatch.setattr(readiness, "STORE_SECONDS", 0.5)
     store = Store.open(pg_url)
     await store.migrate()
     probe = Readiness(slack_web, store, clock=utc_now)
@@ -147,10 +147,16 @@ async def test_a_state_store_that_hangs_is_not_ready_within_the_probe_deadline(
         await hold.start()
         # A lock every reader waits for: the probe's query hangs as on a partitioned network.
         await locker.execute("LOCK TABLE kps_lease IN ACCESS EXCLUSIVE MODE")
-        assert await probe.problem() == "state store did not answer within 0.2 s"
+        assert await probe.problem() == "state store did not answer within 0.5 s"
         await hold.rollback()
-        await asyncio.sleep(readiness.STORE_FRESH_SECONDS)
-        assert await probe.problem() is None
+        # Answers are cached a second; the pool may also replace the connection it cancelled.
+        answers = []
+        for _ in range(50):
+            answers.append(await probe.problem())
+            if answers[-1] is None:
+                break
+            await asyncio.sleep(0.1)
+        assert answers[-1] is None, answers
     finally:
         await locker.close()
         await probe.aclose()
