@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import random
 import secrets
 import shutil
@@ -75,15 +76,19 @@ async def start_on(what: str, wanted: int, start: Callable[[int], Awaitable[int]
     `start` binds and returns the port it got, so there is no gap between finding a port free
     and taking it. Returns a one-line note naming both ports when `what` had to move.
     """
-    if wanted:
-        try:
-            await start(wanted)
-        except OSError:
-            pass  # taken, or not ours to bind (below 1024): any free one will do for a demo
-        else:
-            return None
+    if not wanted:
+        await start(0)
+        return None
+    try:
+        await start(wanted)
+    except OSError as error:  # taken, or not ours (below 1024): any free one will do for a demo
+        why = (
+            "is taken" if error.errno == errno.EADDRINUSE else f"cannot be used ({error.strerror})"
+        )
+    else:
+        return None
     port = await start(0)
-    return f"port {wanted} is taken, so {what} listens on port {port} instead" if wanted else None
+    return f"port {wanted} {why}, so {what} listens on port {port} instead"
 
 
 def _port_of(url: str) -> int:
@@ -288,25 +293,28 @@ def exposure_warning(demo: Demo) -> list[str]:
         return []
     port = urlsplit(demo.slack.url).port
     wildcard = host in ("", "0.0.0.0", "::")
-    where = "every network interface of this machine" if wildcard else "a network address"
+    where = "on every network interface" if wildcard else "an address others can reach"
     shown = f"[{host}]" if ":" in host else host or "0.0.0.0"
     lines = [
         "!" * 78,
-        f"!! WARNING: the playground listens on {shown}:{port}, {where}, not only on loopback.",
-        "!! Anyone who can reach it can use it with no login: send /kps as you, click buttons,",
-        "!! make KPS fail, and read every message the bot sent. Leave out --host unless you",
-        "!! mean that.",
+        f"!! WARNING: the playground listens on {shown}:{port}, {where},",
+        "!! not only on loopback. Anyone who can reach it can use it with no login: send",
+        "!! /kps as you, click buttons, make KPS fail, read every message the bot sent.",
+        "!! Leave out --host unless you mean that.",
     ]
-    addresses = _network_addresses() if wildcard else [host]
+    # As IP addresses: a request addressed to a name other than localhost is refused (guard.py).
+    addresses = _addresses_of(socket.gethostname() if wildcard else host)
     lines += [f"!! Reachable at http://{_bracketed(a)}:{port}/" for a in addresses]
+    if not addresses:
+        lines.append(f"!! Reachable at http://<this machine's IP address>:{port}/")
     return [*lines, "!" * 78, ""]
 
 
-def _network_addresses() -> list[str]:
-    """This machine's non-loopback IP addresses, as far as its own host name tells (best effort)."""
+def _addresses_of(name: str) -> list[str]:
+    """The non-loopback IP addresses `name` resolves to (best effort: none if it does not)."""
     found: list[str] = []
     with contextlib.suppress(OSError):
-        for *_, sockaddr in socket.getaddrinfo(socket.gethostname(), None, type=socket.SOCK_STREAM):
+        for *_, sockaddr in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
             address = str(sockaddr[0])
             if not is_loopback_bind(address) and address not in found:
                 found.append(address)
