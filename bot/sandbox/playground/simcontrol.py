@@ -103,7 +103,10 @@ class SimControl:
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        async with self._session.request(method, self._base + path, json=body) as response:
+        # Every call but a GET carries a JSON body, even an empty one: the admin API takes a POST
+        # only as JSON (its guard against web pages), and the rest are sent alike.
+        sent = None if method == "GET" else (body or {})
+        async with self._session.request(method, self._base + path, json=sent) as response:
             try:
                 answer = await response.json(content_type=None)
             except ValueError:

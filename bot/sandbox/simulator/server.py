@@ -136,7 +136,11 @@ class Simulator:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError:  # the port is taken: leave nothing half-started behind
+            await runner.cleanup()
+            raise
         bound_host, bound_port = runner.addresses[0][:2]
         self._runner = runner
         self._url = f"http://{bound_host}:{bound_port}"
