@@ -230,7 +230,7 @@ class Outbox:
                     **payload,
                 )
         except SlackApiError as error:
-            return await self._not_accepted(item, *_read_refusal(error))
+            return await self._not_accepted(item, *read_refusal(error))
         except AttributeError:
             # slack_sdk (3.48) checks a 200 answer with `data.get("ok")`, so a text body or a
             # JSON array from a proxy raises AttributeError inside the client: no Slack answer.
@@ -322,7 +322,7 @@ def problem_key(channel: str) -> str:
     return f"slack:{channel}"
 
 
-def _read_refusal(error: SlackApiError) -> tuple[int | None, str | None, float | None, str]:
+def read_refusal(error: SlackApiError) -> tuple[int | None, str | None, float | None, str]:
     """Status, Slack error code, Retry-After and a short description, from any answer."""
     response: Any = error.response
     # slack_sdk hands over its own response, or aiohttp's when the body was not valid JSON.

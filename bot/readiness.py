@@ -13,7 +13,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 from sqlalchemy.exc import SQLAlchemyError
 
-from bot.outbox import _read_refusal as read_refusal
+from bot.outbox import read_refusal
 from bot.store import Store, StoreError
 
 log = logging.getLogger(__name__)

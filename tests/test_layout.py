@@ -47,7 +47,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"alerts", "config", "blockkit"}),
     frozenset({"blocks", "notices", "stale", "store", "kps", "auth"}),
     frozenset({"listing", "replies", "outbox", "scan"}),
-    frozenset({"watcher", "services"}),
+    frozenset({"watcher", "services", "readiness"}),
     frozenset({"handlers"}),
     frozenset({"app"}),
     frozenset({"server", "check"}),
