@@ -13,8 +13,7 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from sqlalchemy.exc import SQLAlchemyError
 
 from bot.app import Runtime, build_runtime
-from bot.check import check_oauth_variables
-from bot.config import Settings
+from bot.config import Settings, oauth_conflict
 from bot.gate import GATE, Gate, Limits
 from bot.store import StoreError
 
@@ -93,15 +92,16 @@ async def serve(
     Both modes listen on `host` (every interface, as a platform's router expects; the demo
     passes loopback) and tell `listening` the port they got: with port 0 the system picks one.
     """
-    oauth = check_oauth_variables(os.environ if environ is None else environ)
+    oauth = oauth_conflict(os.environ if environ is None else environ)
     if oauth is not None:
+        text, fatal = oauth
         # Bolt builds its OAuth flow from these whenever both are in os.environ, and no
         # AsyncApp argument turns that off; the bot would answer every request with an
         # installation lookup that fails. Refusing to start says so where it is seen.
-        if not oauth.warning:
-            log.error("refusing to start: %s", oauth.text)
+        if fatal:
+            log.error("refusing to start: %s", text)
             return 2
-        log.warning(oauth.text)
+        log.warning(text)
     stop = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()
