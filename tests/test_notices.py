@@ -131,7 +131,12 @@ def test_all_finished_notice_keeps_no_action_buttons() -> None:
     ended = NOW - timedelta(minutes=1)
     alerts = [make_alert(1, finished_at=ended, outcome="SUCCESS_UNBIND")]
     message = build_stale_notice(make_state(alerts), CTX)
-    assert "all finished" in everything(message)
+    assert "Stale key-pair task: finished" in everything(message)
+    assert buttons(message) == {}
+    more = [*alerts, *(make_alert(i, finished_at=ended, outcome="SUCCESS_RESET") for i in (2, 3))]
+    message = build_stale_notice(make_state(more), CTX)
+    assert "Stale key-pair tasks: all finished" in everything(message)
+    assert "All 3 finished: 3 succeeded." in everything(message)
     assert buttons(message) == {}
 
 

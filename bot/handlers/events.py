@@ -82,6 +82,7 @@ async def handle_home(
             fetched_at=ctx.fetched_at,
             problems=await _problems(store),
             error=error,
+            queued=counts.queued,
         )
         view = build_home(summary, ctx, page_size=settings.page_size)
         await client.views_publish(user_id=event["user"], view=view)
