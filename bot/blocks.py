@@ -543,7 +543,7 @@ def _home_counts(summary: HomeSummary, ctx: ViewContext) -> str:
         return (
             f"No key-pair tasks are running · {queued}"
             if queued
-            else ("No key-pair tasks are running.")
+            else "No key-pair tasks are running."
         )
     noun = "task is" if summary.running == 1 else "tasks are"
     line = f"*{summary.running}* key-pair {noun} running"

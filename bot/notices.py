@@ -499,7 +499,7 @@ def _pack(
 
 
 def _span(first: int, last: int, total: int) -> str:
-    """ "tasks 1–20 of 45", or "task 21 of 21" when the range holds one."""
+    """A range of tasks, "tasks 1–20 of 45", or "task 21 of 21" when it holds one."""
     if first >= last:
         return f"task {first} of {total}"
     return f"tasks {first}–{last} of {total}"
