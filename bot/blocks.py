@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
@@ -36,6 +37,7 @@ from bot.blockkit import (
     int_field,
     mention,
     one_line,
+    plural,
     safe_text,
     section_block,
     text_field,
@@ -71,6 +73,10 @@ MAX_PAGE_SIZE: Final = 20  # CONTRACT: PAGE_SIZE is 1-20; 20 tasks x 2 blocks st
 MAX_QUERY_CHARS: Final = 200
 MAX_OFFSET: Final = 1_000_000_000
 _PROBLEMS_SHOWN: Final = 10
+_HOME_MAX_BLOCKS: Final = 100  # Slack's limit for a Home view
+HOME_NOTE_BLOCK: Final = "kps_home_note"  # the block_id of the Home tab's one note
+# Team and app ids go into a slack:// link unescaped, so only their documented shape is used.
+_SLACK_ID: Final = re.compile(r"^[AT][A-Z0-9]{2,40}$")
 _HEADER_ALL: Final = "Running key-pair tasks"
 _USAGE_LINES: Final = (
     "`/kps` or `/kps tasks`: the first page of running key-pair tasks",
@@ -139,6 +145,7 @@ class HomeSummary:
     fetched_at: datetime | None
     problems: tuple[str, ...] = ()
     error: KPSError | None = None
+    queued: int = 0  # READY_x tasks: listed by KPS as running, not started yet
 
 
 # --- task pages -------------------------------------------------------------------------------
@@ -209,14 +216,18 @@ def _page_blocks(
 ) -> list[Block]:
     blocks: list[Block] = [header_block(_page_title(ref.query))]
     if tasks:
-        first, last = ref.offset + 1, ref.offset + len(tasks)
-        blocks.append(section_block(f"Showing *{first}–{last} of {total}* {_noun(ref.query)}"))
+        line = _showing(ref.offset + 1, ref.offset + len(tasks), total, ref.query)
+        queued = sum(1 for task in tasks if task.queued)
+        if queued:
+            verb = "is" if queued == 1 else "are"
+            line += f" · *{queued}* on this page {verb} queued, not started yet"
+        blocks.append(section_block(line))
     elif total == 0:
         blocks.append(section_block(_empty_words(ref.query)))
     else:
         blocks.append(
             section_block(
-                f"Nothing from task {ref.offset + 1} on any more: {total} {_noun(ref.query)}"
+                f"Nothing from task {ref.offset + 1} on any more: {total} {_noun(ref.query, total)}"
                 " in all. Go back a page or refresh."
             )
         )
@@ -251,7 +262,13 @@ def _task_blocks(task: Task, ctx: ViewContext, clips: Clips) -> list[Block]:
         started = "unknown"
     else:
         started = format_utc(task.started_at) if clips.compact else format_date(task.started_at)
-    line = f"{operation} · started {started} · running {format_age(task.started_at, ctx.now)}"
+    age = format_age(task.started_at, ctx.now)
+    if not task.queued:
+        line = f"{operation} · started {started} · running {age}"
+    elif age in ("just now", "unknown"):
+        line = f"{operation} · *queued* {started} · not started yet"
+    else:
+        line = f"{operation} · *queued* {started} · waiting {age} to start"
     if _is_stale(task, ctx):
         line += " · :warning: *stale*"
     task_id, server_id = (
@@ -287,17 +304,30 @@ def _page_title(query: str) -> str:
     return f'Tasks matching "{clip(escape(query), HEADER_TEXT_MAX - 17)}"'
 
 
+def _showing(first: int, last: int, total: int, query: str) -> str:
+    """The page's range as a person writes it: "1–10 of 37", one task of many, or the only."""
+    if first < last:
+        return f"Showing *{first}–{last} of {total}* {_noun(query)}"
+    if total == 1:
+        return f"Showing the only {_noun(query, 1)}"
+    return f"Showing task *{first}* of the *{total}* {_noun(query)}"
+
+
 def _page_fallback(tasks: Sequence[Task], total: int, ref: PageRef) -> str:
     title = _page_title(ref.query)
+    first, last = ref.offset + 1, ref.offset + len(tasks)
+    if tasks and first < last:
+        return f"{title}: {first}–{last} of {total}"
     if tasks:
-        return f"{title}: {ref.offset + 1}–{ref.offset + len(tasks)} of {total}"
+        return f"{title}: task {first} of {total}"
     if total == 0:
         return _empty_words(ref.query)
     return f"{title}: none from {ref.offset + 1} on, {total} in all"
 
 
-def _noun(query: str) -> str:
-    return f'tasks matching "{clip(escape(query), 120)}"' if query else "running tasks"
+def _noun(query: str, count: int = 2) -> str:
+    tasks = plural(count, "task")
+    return f'{tasks} matching "{clip(escape(query), 120)}"' if query else f"running {tasks}"
 
 
 def _empty_words(query: str) -> str:
@@ -308,6 +338,23 @@ def _empty_words(query: str) -> str:
 
 def _moved(ref: PageRef, offset: int) -> PageRef:
     return PageRef(offset=offset, page_size=ref.page_size, query=ref.query, shared_by=ref.shared_by)
+
+
+def build_loading(ref: PageRef) -> Message:
+    """What a page says while KPS is slow to answer; the page replaces it in place."""
+    # The page's own title, so the message does not jump when the tasks arrive; no buttons,
+    # so nobody clicks a page that is not there yet.
+    first = ref.offset + 1
+    which = f"tasks from {first} on" if ref.offset else "the running tasks"
+    words = f":hourglass_flowing_sand: Loading… asking KPS for {which}."
+    return Message(
+        text=f"{_page_title(ref.query)}: loading…",
+        blocks=(
+            header_block(_page_title(ref.query)),
+            section_block(words),
+            context_block("KPS is taking a moment; this message is replaced when it answers."),
+        ),
+    )
 
 
 # --- errors, help, one-line replies ---------------------------------------------------------
@@ -514,20 +561,66 @@ def build_home(summary: HomeSummary, ctx: ViewContext, *, page_size: int = 10) -
         blocks.append(context_block(where_and_when(ctx, "Updated", summary.fetched_at)))
     if summary.problems:
         blocks.append(section_block(_home_problems(summary.problems)))
-    first = PageRef(offset=0, page_size=page_size)
-    blocks.append(actions_block([button("List running tasks", ACTION_LIST, first, primary=True)]))
+    blocks.append(_home_button(page_size))
     return {"type": "home", "blocks": blocks}
 
 
+def build_home_note(view: Mapping[str, Any], note: str, *, page_size: int = 10) -> dict[str, Any]:
+    """The Home view Slack last showed, with `note` under it in place of any earlier note.
+
+    A click on Home carries the view it was made on; redrawing that view keeps the counts the
+    user was reading instead of asking KPS again just to add a line.
+    """
+    shown = view.get("blocks")
+    kept: list[Block] = [
+        block
+        for block in (shown if isinstance(shown, list) else [])
+        if isinstance(block, dict) and block.get("block_id") != HOME_NOTE_BLOCK
+    ]
+    if not kept:
+        kept = [header_block("Key-pair tasks"), _home_button(page_size)]
+    marked = {**context_block(note), "block_id": HOME_NOTE_BLOCK}
+    return {"type": "home", "blocks": [*kept[: _HOME_MAX_BLOCKS - 1], marked]}
+
+
+def list_sent_note(*, team: str | None, app: str | None, at: datetime) -> str:
+    """Home's word that the list went to the user's Messages tab with the bot, and when."""
+    where = "Messages tab"
+    if team and app and _SLACK_ID.match(team) and _SLACK_ID.match(app):
+        where = f"<slack://app?team={team}&amp;id={app}&amp;tab=messages|Messages tab>"
+    return (
+        f":envelope_with_arrow: Sent the list of running tasks to your {where} ({format_date(at)})."
+    )
+
+
+def list_not_sent_note(error: str) -> str:
+    """Home's word that the list could not be sent to the user's Messages tab."""
+    said = code_span(error, 100) if error.strip() else "an error"
+    return (
+        f":warning: Could not send the list to your Messages tab: Slack answered {said}."
+        " `/kps` in any channel shows it too."
+    )
+
+
+def _home_button(page_size: int) -> Block:
+    first = PageRef(offset=0, page_size=page_size)
+    return actions_block([button("List running tasks", ACTION_LIST, first, primary=True)])
+
+
 def _home_counts(summary: HomeSummary, ctx: ViewContext) -> str:
+    queued = f"*{summary.queued}* queued, not started yet" if summary.queued > 0 else ""
     if summary.running <= 0:
-        return "No key-pair tasks are running."
+        return (
+            f"No key-pair tasks are running · {queued}"
+            if queued
+            else "No key-pair tasks are running."
+        )
     noun = "task is" if summary.running == 1 else "tasks are"
     line = f"*{summary.running}* key-pair {noun} running"
     line += (
         f" · *{max(summary.stale, 0)}* stale (running {format_duration(ctx.stale_after)} or longer)"
     )
-    return line
+    return f"{line} · {queued}" if queued else line
 
 
 def _home_oldest(task: Task, ctx: ViewContext) -> str:
@@ -550,4 +643,4 @@ def _home_problems(problems: tuple[str, ...]) -> str:
 
 
 def _is_stale(task: Task, ctx: ViewContext) -> bool:
-    return is_stale(task.started_at, now=ctx.now, stale_after=ctx.stale_after)
+    return is_stale(task, now=ctx.now, stale_after=ctx.stale_after)

@@ -59,16 +59,20 @@ def filter_tasks(tasks: Iterable[Task], query: str) -> list[Task]:
 
 @dataclass(frozen=True, slots=True)
 class Census:
-    """How many tasks run, how many of them are stale, and the oldest."""
+    """How many tasks run, how many of them are stale, how many wait queued, and the oldest."""
 
-    running: int
+    running: int  # started and not ended; queued tasks are counted apart
     stale: int
-    oldest: Task | None
+    oldest: Task | None  # the oldest running one; a queued task has not started
+    queued: int = 0
 
 
 def census(tasks: Sequence[Task], *, now: datetime, stale_after: timedelta) -> Census:
     """Counts for the Home tab, from one walk."""
-    stale = sum(1 for t in tasks if is_stale(t.started_at, now=now, stale_after=stale_after))
-    dated = [t for t in tasks if t.started_at is not None]
+    running = [t for t in tasks if not t.queued]
+    stale = sum(1 for t in running if is_stale(t, now=now, stale_after=stale_after))
+    dated = [t for t in running if t.started_at is not None]
     oldest = min(dated, key=task_order, default=None)
-    return Census(running=len(tasks), stale=stale, oldest=oldest)
+    return Census(
+        running=len(running), stale=stale, oldest=oldest, queued=len(tasks) - len(running)
+    )

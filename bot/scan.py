@@ -123,6 +123,11 @@ class Scanner:
             log.warning("scan of running tasks failed: %s", error, extra={"error": str(error)})
             await self.failed(now, str(error))
             return ScanResult(ok=False, error=str(error))
+        # A recovering scan queues "works again" before its own notices, so the channel reads it
+        # first; any other counts its success only once all of it succeeded.
+        recovering = snapshot.complete and (await self._store.watch_state()).impaired
+        if recovering:
+            await self._succeeded(now)
         announced = await self._announce(snapshot, now)
         if not snapshot.complete:
             # An ended task and a skipped one look the same in a partial list (kps.py), so a
@@ -139,7 +144,8 @@ class Scanner:
             await self.failed(now, why)
             return ScanResult(ok=False, announced=announced, error=why)
         ended = await self._end(snapshot, now)
-        await self._succeeded(now)
+        if not recovering:
+            await self._succeeded(now)
         reminded = await self._remind(now)
         return ScanResult(ok=True, announced=announced, ended=ended, reminded=reminded)
 

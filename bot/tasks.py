@@ -34,6 +34,11 @@ class Task:
     server_id: str
     keypair_name: str
 
+    @property
+    def queued(self) -> bool:
+        """True for a READY_x task: KPS lists it under running-tasks, but it waits to start."""
+        return phase(self.operate_type) == "READY"
+
 
 @dataclass(frozen=True, slots=True)
 class FailedTask:
@@ -78,8 +83,13 @@ class TaskStatus:
     @property
     def phase(self) -> str | None:
         """READY, RUNNING, FAILED or SUCCESS; None when the value is not in the known pattern."""
-        match = _PATTERN.match(self.task_status)
-        return match.group(1) if match else None
+        return phase(self.task_status)
+
+
+def phase(value: str) -> str | None:
+    """READY, RUNNING, FAILED or SUCCESS from a status or operate_type; None when unknown."""
+    match = _PATTERN.match(value)
+    return match.group(1) if match else None
 
 
 def operation_label(operate_type: str) -> str:
@@ -126,8 +136,14 @@ def elapsed(started_at: datetime | None, now: datetime) -> timedelta | None:
     return max(age, timedelta(0))
 
 
-def is_stale(started_at: datetime | None, *, now: datetime, stale_after: timedelta) -> bool:
-    """True when a task has run `stale_after` or longer; a task without a usable start is not."""
+def is_stale(task: Task, *, now: datetime, stale_after: timedelta) -> bool:
+    """True when a task has run `stale_after` or longer.
+
+    A task without a usable start is not stale, and neither is a queued (READY_x) one: it has
+    not started, so its wait says nothing of a stuck key-pair operation.
+    """
     # The one rule the watcher, the pages and the Home tab apply, so they never disagree.
-    age = elapsed(started_at, now)
+    if task.queued:
+        return False
+    age = elapsed(task.started_at, now)
     return age is not None and age >= stale_after

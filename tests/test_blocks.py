@@ -29,6 +29,7 @@ from bot.blocks import (
     ACTION_REFRESH,
     ACTION_RETRY,
     ACTION_SHARE,
+    HOME_NOTE_BLOCK,
     MAX_QUERY_CHARS,
     PAGING_ACTIONS,
     HomeSummary,
@@ -36,9 +37,13 @@ from bot.blocks import (
     build_error,
     build_help,
     build_home,
+    build_home_note,
     build_line,
+    build_loading,
     build_page,
     build_usage_error,
+    list_not_sent_note,
+    list_sent_note,
 )
 from bot.errors import (
     KPSAPIError,
@@ -63,6 +68,10 @@ _DATE_TOKEN = re.compile(
     r"<!date\^\d+\^\{date_short_pretty\} \{time\}\|\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC>"
 )
 _MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
+# The Home note's link to the bot's Messages tab (Slack's documented deep link).
+_DEEP_LINK = re.compile(
+    r"<slack://app\?team=T[A-Z0-9]+&amp;id=A[A-Z0-9]+&amp;tab=messages\|Messages tab>"
+)
 _ENTITY = re.compile(r"&(?:amp|lt|gt);")
 
 
@@ -81,7 +90,7 @@ def text_values(node: Any) -> Iterator[str]:
 
 def assert_escaped(text: str) -> None:
     """No `<`, `>` or `&` survives except the bot's own tokens and the three entities."""
-    rest = _ENTITY.sub("", _MENTION.sub("", _DATE_TOKEN.sub("", text)))
+    rest = _ENTITY.sub("", _MENTION.sub("", _DEEP_LINK.sub("", _DATE_TOKEN.sub("", text))))
     assert not re.search(r"[<>&]", rest), f"unescaped markup in {text[:200]!r}"
 
 
@@ -241,9 +250,55 @@ def test_last_page_has_no_next() -> None:
 def test_single_task_page() -> None:
     message = page(0, 1, 1)
     assert_valid_message(message)
-    assert "1–1 of 1" in all_text(message)
-    assert message.text == "Running key-pair tasks: 1–1 of 1"
+    assert message.blocks[1]["text"]["text"] == "Showing the only running task"
+    assert message.text == "Running key-pair tasks: task 1 of 1"
+    assert "1–1" not in all_text(message)
     assert list(buttons(message)) == [ACTION_REFRESH, ACTION_SHARE]
+
+
+def test_a_page_of_one_task_names_it_as_a_person_would() -> None:
+    # Issue 10: "Showing 41–41 of 41" on the last page, "1 running tasks" for a filter of one.
+    last = page(40, 1, 41)
+    assert_valid_message(last)
+    assert last.blocks[1]["text"]["text"] == "Showing task *41* of the *41* running tasks"
+    assert last.text == "Running key-pair tasks: task 41 of 41"
+    assert "41–41" not in all_text(last)
+    only = page(0, 1, 1, query="web")
+    assert only.blocks[1]["text"]["text"] == 'Showing the only task matching "web"'
+    gone = build_page([], total=1, ref=PageRef(offset=10), ctx=context())
+    assert "1 running task in all" in all_text(gone)
+
+
+def test_a_queued_task_is_shown_queued_never_stale_and_counted_on_the_page() -> None:
+    # Issue 10: a READY_x task waiting 26 min read "running 26 min" (and, past the threshold,
+    # "stale"); it has not started.
+    waiting = task(1, operate_type="READY_RESET", started_at=NOW - timedelta(minutes=45))
+    running = task(2, started_at=NOW - timedelta(minutes=40))
+    message = build_page([waiting, running], total=2, ref=PageRef(), ctx=context())
+    assert_valid_message(message)
+    header = message.blocks[1]["text"]["text"]
+    assert (
+        header == "Showing *1–2 of 2* running tasks · *1* on this page is queued, not started yet"
+    )
+    lines = [t for t in text_values(list(message.blocks)) if t.startswith("*web-")]
+    assert "Reset key pair · *queued* <!date^" in lines[0]
+    assert "waiting 45 min to start" in lines[0]
+    assert "running" not in lines[0] and "stale" not in lines[0]
+    assert "running 40 min · :warning: *stale*" in lines[1]
+    fresh = task(3, operate_type="READY_BIND", started_at=NOW)
+    line = all_text(build_page([fresh], total=1, ref=PageRef(), ctx=context()))
+    assert "Bind key pair · *queued* <!date^" in line and "not started yet" in line
+
+
+def test_loading_state_keeps_the_title_and_offers_no_buttons() -> None:
+    loading = build_loading(PageRef(offset=10, query="web"))
+    assert_valid_message(loading)
+    assert loading.blocks[0]["text"]["text"] == 'Tasks matching "web"'
+    assert "Loading… asking KPS for tasks from 11 on." in all_text(loading)
+    assert buttons(loading) == {}
+    first = build_loading(PageRef())
+    assert first.text == "Running key-pair tasks: loading…"
+    assert "asking KPS for the running tasks" in all_text(first)
 
 
 def test_empty_state_keeps_refresh() -> None:
@@ -874,6 +929,42 @@ def test_home_counts_the_stale_and_names_the_oldest() -> None:
     assert button["action_id"] == ACTION_LIST
     assert button["text"]["text"] == "List running tasks"
     assert PageRef.parse(button["value"]) == PageRef(offset=0, page_size=10)
+
+
+def test_home_counts_queued_tasks_apart() -> None:
+    summary = HomeSummary(running=3, stale=1, oldest=None, fetched_at=NOW, queued=2)
+    text = "\n".join(text_values(build_home(summary, context())))
+    assert (
+        "*3* key-pair tasks are running · *1* stale (running 30 min or longer)"
+        " · *2* queued, not started yet"
+    ) in text
+    only_queued = build_home(HomeSummary(0, 0, None, NOW, queued=1), context())
+    assert_valid_home(only_queued)
+    text = "\n".join(text_values(only_queued))
+    assert "No key-pair tasks are running · *1* queued, not started yet" in text
+
+
+def test_home_note_says_where_the_list_went_and_replaces_an_earlier_one() -> None:
+    home = build_home(HomeSummary(3, 1, None, NOW), context())
+    first = build_home_note(home, list_sent_note(team="T0TEST", app="A0KPS", at=NOW))
+    assert_valid_blocks(first["blocks"], max_blocks=100)
+    assert first["blocks"][:-1] == home["blocks"]  # the counts the user was reading stay
+    note = first["blocks"][-1]
+    assert note["block_id"] == HOME_NOTE_BLOCK
+    words = note["elements"][0]["text"]
+    assert "Sent the list of running tasks to your" in words
+    assert "<slack://app?team=T0TEST&amp;id=A0KPS&amp;tab=messages|Messages tab>" in words
+    failed = build_home_note(first, list_not_sent_note("messages_tab_disabled"))
+    assert len(failed["blocks"]) == len(first["blocks"])  # the note is replaced, not added
+    assert (
+        "Could not send the list to your Messages tab"
+        in failed["blocks"][-1]["elements"][0]["text"]
+    )
+    # Ids that are not Slack's shape never reach a link; an empty view still gets its button.
+    odd = list_sent_note(team="T0|<x>", app="A0KPS", at=NOW)
+    assert "slack://" not in odd and "your Messages tab" in odd
+    bare = build_home_note({}, odd, page_size=5)
+    assert bare["blocks"][1]["elements"][0]["action_id"] == ACTION_LIST
 
 
 def test_home_with_nothing_running() -> None:

@@ -83,6 +83,7 @@ async def handle_home(
             fetched_at=ctx.fetched_at,
             problems=await _problems(store),
             error=error,
+            queued=counts.queued,
         )
         view = build_home(summary, ctx, page_size=settings.page_size)
         # The Home tab is no Message: its view is redacted here, where it leaves.
