@@ -712,14 +712,14 @@ class Store:
             return await self._watch(conn)
 
     @_guarded
-    async def count_failure(self, *, now: datetime, error: str) -> WatchState:
-        """One more failed scan in a row; the streak after it."""
+    async def count_failure(self, *, now: datetime, error: str, count: int = 1) -> WatchState:
+        """`count` more failed scans in a row (the first at `now`); the streak after them."""
         async with self._begin() as conn:
             await conn.execute(
                 watch.update()
                 .where(watch.c.id == _WATCH_ID)
                 .values(
-                    failures=watch.c.failures + 1,
+                    failures=watch.c.failures + count,
                     failing_since=sa.func.coalesce(watch.c.failing_since, _ts(now)),
                     last_error=error[:1000],
                 )
