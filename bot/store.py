@@ -270,8 +270,8 @@ class Store:
         """
         try:
             parsed = make_url(url)
-        except ArgumentError as error:
-            # SQLAlchemy's message quotes the URL, password and all.
+        except (ArgumentError, ValueError) as error:
+            # SQLAlchemy's message may quote the URL, password and all.
             raise StoreError("STATE_URL is not a database URL SQLAlchemy can read") from error
         wait = timeout * _WAIT_SHARE
         if parsed.get_backend_name() == "sqlite":
