@@ -338,3 +338,89 @@ async def test_tables_gone_from_the_file_are_made_again_by_the_next_call(state_u
         assert await store.announce(channel="C1", now=NOW, tasks=[alert("a")]) is not None
     finally:
         await store.close()
+
+
+# --- the watcher: a store that fails whole still gets its impaired notice, once it is back -----
+
+
+def _sqlite(path: Path, *statements: str) -> None:
+    with contextlib.closing(sqlite3.connect(path, timeout=30)) as conn:
+        for statement in statements:
+            conn.execute(statement)
+
+
+async def test_an_outage_of_the_whole_store_is_told_in_the_channel_once_it_is_back(
+    empty_sim: Simulator, slack: FakeSlack, state_url: str, kps_client: KPSClient, slack_client: Any
+) -> None:
+    add_stale(empty_sim, 1)
+    store = Store.open(state_url)
+    await store.migrate()
+    watcher = make_watcher(store, kps_client, slack_client)
+    watcher.start()
+    try:
+        await wait_for(slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+        # Every table the watcher writes is gone: not even the failed steps can be counted in
+        # the store, so nothing can be queued for the channel while it lasts.
+        path = _file(state_url)
+        await asyncio.to_thread(
+            _sqlite,
+            path,
+            "ALTER TABLE kps_lease RENAME TO kps_lease_away",
+            "ALTER TABLE kps_watch RENAME TO kps_watch_away",
+        )
+        for _ in range(200):
+            if watcher.problem is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert watcher.problem is not None and "StoreError" in watcher.problem
+        assert len(top_level(slack)) == 1
+        await asyncio.to_thread(
+            _sqlite,
+            path,
+            "ALTER TABLE kps_lease_away RENAME TO kps_lease",
+            "ALTER TABLE kps_watch_away RENAME TO kps_watch",
+        )
+        await wait_for(slack, "chat.postMessage", 3, timeout=10, where=lambda c: c.ok)
+    finally:
+        await watcher.stop()
+        await store.close()
+    said = [shown(n) for n in top_level(slack)]
+    assert "is impaired" in said[1] and "StoreError" in said[1]
+    assert "tasks works again" in said[2]
+    assert sum("is impaired" in n for n in said) == 1
+    assert watcher.problem is None
+
+
+# --- a click the store cannot record says so and asks to try again ----------------------------
+
+
+async def test_a_click_during_a_store_outage_says_it_was_not_recorded(
+    bot_factory: Callable[..., Any], empty_sim: Simulator, slack: FakeSlack, state_url: str
+) -> None:
+    add_stale(empty_sim, 1)
+    bot = await bot_factory(stale_channel_id=ALERTS, state_url=Secret(state_url), poll_interval=0.1)
+    await wait_for(slack, "chat.postMessage", 1, timeout=10, where=lambda c: c.ok)
+    (notice,) = top_level(slack)
+    buttons = {
+        e["action_id"]: e["value"]
+        for b in notice["blocks"]
+        if b["type"] == "actions"
+        for e in b["elements"]
+    }
+    await asyncio.to_thread(
+        _sqlite, _file(state_url), "ALTER TABLE kps_notices RENAME TO kps_notices_away"
+    )
+    await bot.sender.action(ACTION_ACK, buttons[ACTION_ACK], slack.response_url(), user="U0ALICE")
+    snooze = SNOOZE_ACTIONS[0]
+    await bot.sender.action(snooze, buttons[snooze], slack.response_url(), user="U0ALICE")
+    calls = await wait_for(slack, "response_url", 2, timeout=15, where=lambda c: c.ok)
+    said = [json.dumps(c.args["blocks"]) for c in calls]
+    assert any("could not record your acknowledgement" in s for s in said)
+    assert any("could not record your snooze" in s for s in said)
+    assert all("state store is unavailable" in s and "try again" in s for s in said)
+    assert not any("Something went wrong" in s for s in said)
+    assert "Acknowledged by" not in shown(top_level(slack)[0])
+    await asyncio.to_thread(
+        _sqlite, _file(state_url), "ALTER TABLE kps_notices_away RENAME TO kps_notices"
+    )
+    assert await bot.shutdown() == 0
