@@ -60,6 +60,7 @@ STORE_TIMEOUT: Final = 5.0
 # Each single wait inside a call (a connect, one statement, SQLite's lock) gives up a little sooner,
 # so the driver's own error, which names the cause, usually arrives before the overall deadline.
 _WAIT_SHARE: Final = 0.8
+_MIGRATE_SHARE: Final = 6  # migrate() makes a dozen statements, once per start: 30 s by default
 # A transaction idle this long belongs to a client that is gone (a partition): PostgreSQL ends it,
 # so its locks do not hold the other replicas up. Ours never wait on anything inside one.
 _IDLE_IN_TRANSACTION_MS: Final = 30_000
@@ -310,10 +311,10 @@ class Store:
         async with self._engine.connect() as conn:
             await conn.execute(sa.select(sa.literal(1)))
 
-    @_guarded
     async def migrate(self) -> None:
         """Create the schema, or bring an older one up to SCHEMA_VERSION; safe to race."""
-        await self._migrate()
+        # Once per start, and possibly behind another replica's migration: more time than a call.
+        await self._run("migrate", self._migrate, deadline=self._timeout * _MIGRATE_SHARE)
 
     async def _migrate(self) -> None:
         async with self._begin() as conn:
@@ -826,13 +827,15 @@ class Store:
 
     # -- internals ----------------------------------------------------------------------------
 
-    async def _run(self, name: str, call: Callable[[], Awaitable[_T]]) -> _T:
+    async def _run(
+        self, name: str, call: Callable[[], Awaitable[_T]], *, deadline: float | None = None
+    ) -> _T:
         if self._closed:
             # A leaked or late caller fails here, with its own traceback, instead of opening a
             # connection nobody closes.
             raise StoreError(f"the state store was used after it was closed ({name})")
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(deadline or self._timeout):
                 await self._follow_file()
                 if self._schema_lost:
                     await self._migrate()
@@ -843,7 +846,8 @@ class Store:
             raise
         except TimeoutError as error:
             raise StoreError(
-                f"the state store ({self.backend}) did not answer within {self._timeout:g} s"
+                f"the state store ({self.backend}) did not answer within"
+                f" {deadline or self._timeout:g} s"
                 f" ({name})",
                 cause="TimeoutError",
             ) from error
