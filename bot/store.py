@@ -13,6 +13,7 @@ can waste work but never duplicate a notice, a thread reply or an impaired notic
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -27,7 +28,6 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -258,6 +258,9 @@ class Store:
         self._path = path  # a SQLite file, followed in case it is deleted or replaced
         self._file: tuple[int, int] | None = None  # (device, inode) of that file when last seen
         self._file_lock = asyncio.Lock()
+        self._busy = 0  # calls under way; close() lets them end before it closes the pool
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def __repr__(self) -> str:
         # The URL may carry a password: name the backend only.
@@ -301,8 +304,12 @@ class Store:
         return str(self._engine.dialect.name)
 
     async def close(self) -> None:
-        """Close every pooled connection; any later call raises StoreError."""
+        """Close the pool once calls under way have ended; any later call raises StoreError."""
         self._closed = True
+        # A connection still checked out when the pool is closed goes back to a pool nobody
+        # closes: aiosqlite then warns of it when it is collected. Each call ends by its deadline.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self._timeout * _MIGRATE_SHARE)
         await self._engine.dispose()
 
     @_guarded
@@ -834,8 +841,18 @@ class Store:
             # A leaked or late caller fails here, with its own traceback, instead of opening a
             # connection nobody closes.
             raise StoreError(f"the state store was used after it was closed ({name})")
+        self._busy += 1
+        self._idle.clear()
         try:
-            async with asyncio.timeout(deadline or self._timeout):
+            return await self._bounded(name, call, deadline or self._timeout)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    async def _bounded(self, name: str, call: Callable[[], Awaitable[_T]], deadline: float) -> _T:
+        try:
+            async with asyncio.timeout(deadline):
                 await self._follow_file()
                 if self._schema_lost:
                     await self._migrate()
@@ -846,9 +863,7 @@ class Store:
             raise
         except TimeoutError as error:
             raise StoreError(
-                f"the state store ({self.backend}) did not answer within"
-                f" {deadline or self._timeout:g} s"
-                f" ({name})",
+                f"the state store ({self.backend}) did not answer within {deadline:g} s ({name})",
                 cause="TimeoutError",
             ) from error
         except Exception as error:
@@ -916,7 +931,7 @@ class Store:
             await cursor.close()
         return True
 
-    @asynccontextmanager
+    @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
         async with self._engine.begin() as conn:
             yield conn
