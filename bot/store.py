@@ -886,10 +886,12 @@ class Store:
     async def _follow_file(self) -> None:
         """Notice a SQLite file deleted or replaced under the running bot, and recover.
 
-        The pool keeps connections open, and an open connection goes on reading and writing a
-        deleted file as if nothing happened: the bot ran on a file that no longer had a name, and
-        the next start found an empty one (a task announced again, an ending never told). So the
-        deleted file is written back from such a connection; a replaced one is adopted.
+        The pool keeps connections open, and an open connection goes on reading a deleted file
+        while every write fails ("attempt to write a readonly database": SQLite's
+        READONLY_DBMOVED), for good; the next start then found an empty file (a task announced
+        again, an ending never told). So the deleted file is written back from such a
+        connection, and a replaced one is adopted. A call under way in that instant may still
+        fail once; the next one works on the file at the path.
         """
         if self._path is None:
             return
