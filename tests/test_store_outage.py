@@ -249,6 +249,27 @@ async def test_a_closed_store_refuses_every_call(state_url: str) -> None:
         await store.ping()
 
 
+async def test_close_lets_a_call_under_way_end_before_it_closes_the_pool(
+    pg_store: Store, proxy: Proxy
+) -> None:
+    # A connection closed under a call goes back to a pool nobody closes, and the driver
+    # warns of it when it is collected (a warning is an error in this suite, at random).
+    order: list[str] = []
+
+    async def call() -> None:
+        with pytest.raises(StoreError):
+            await pg_store.announced(["a"])
+        order.append("call ended")
+
+    proxy.partition()
+    under_way = asyncio.create_task(call())
+    await asyncio.sleep(0.2)
+    await within(10, pg_store.close())
+    order.append("closed")
+    await under_way
+    assert order == ["call ended", "closed"]
+
+
 # --- SQLite: a deleted file comes back; a restart repeats nothing and loses no ending ----------
 
 
