@@ -314,9 +314,13 @@ class Store:
 
     @_guarded
     async def ping(self) -> None:
-        """One round trip to the store (a readiness probe); StoreError when it cannot answer."""
+        """One read of the lease table (a readiness probe); StoreError when it cannot answer.
+
+        A table, not `SELECT 1`: a database that answers but has lost the bot's tables, or locks
+        them, is no more use to the bot than one that does not answer.
+        """
         async with self._engine.connect() as conn:
-            await conn.execute(sa.select(sa.literal(1)))
+            await conn.execute(sa.select(lease.c.name).limit(1))
 
     async def migrate(self) -> None:
         """Create the schema, or bring an older one up to SCHEMA_VERSION; safe to race."""
