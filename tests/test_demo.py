@@ -171,6 +171,7 @@ async def test_a_free_port_is_kept_and_nothing_is_said() -> None:
     async with Demo(options) as first:
         assert first.settings is not None
         ports = (urlsplit(first.url).port, first.settings.port, urlsplit(first.sim.url).port)
+    assert ports[0] is not None and ports[2] is not None
     wanted = DemoOptions(port=ports[0], bot_port=ports[1], sim_port=ports[2], poll_interval=3600)
     async with Demo(wanted) as demo:
         assert demo.settings is not None
@@ -454,7 +455,7 @@ async def test_python_m_bot_at_a_terminal_with_nothing_configured_starts_the_dem
         lambda: asyncio.StreamReaderProtocol(terminal), os.fdopen(leader, "rb", buffering=0)
     )
     try:
-        lines = []
+        lines: list[str] = []
         async with asyncio.timeout(30):
             # The banner's last line; what follows it is only written at the stop.
             while not any("Ctrl-C stops the demo" in line for line in lines):

@@ -318,10 +318,10 @@ async def socket_client(
     client.message_listeners.append(note)
     client.socket_mode_request_listeners.append(ack)
     try:
-        await client.connect()
+        await client.connect()  # type: ignore[no-untyped-call]  # slack_sdk leaves it untyped
         yield client
     finally:
-        await client.close()
+        await client.close()  # type: ignore[no-untyped-call]
 
 
 async def test_socket_mode_client_connects_and_acks(fake: FakeSlack) -> None:

@@ -64,7 +64,7 @@ def make_state(alerts: list[Alert], **changes: Any) -> NoticeState:
 
 def everything(message: Message) -> str:
     payload = message.as_payload()
-    return json.dumps(payload["blocks"], ensure_ascii=False) + payload["text"]
+    return json.dumps(payload["blocks"], ensure_ascii=False) + str(payload["text"])
 
 
 def buttons(message: Message) -> dict[str, dict[str, Any]]:

@@ -992,7 +992,7 @@ async def test_standalone_serves_seeded_tasks_until_sigterm() -> None:
     )
     try:
         assert process.stdout is not None
-        banner = []
+        banner: list[str] = []
         while not banner or "Ctrl-C" not in banner[-1]:
             line = await asyncio.wait_for(process.stdout.readline(), 30)
             assert line, f"the simulator exited early: {banner}"

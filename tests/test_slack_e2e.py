@@ -28,7 +28,7 @@ from tests.standin import wait_for
 
 def texts(message: dict[str, Any]) -> str:
     """Everything a user could read in a message, as one string."""
-    return json.dumps(message.get("blocks", []), ensure_ascii=False) + message.get("text", "")
+    return json.dumps(message.get("blocks", []), ensure_ascii=False) + str(message.get("text", ""))
 
 
 def button(message: dict[str, Any], action_id: str) -> dict[str, Any] | None:
