@@ -320,7 +320,10 @@ async def test_the_control_panel_drives_the_simulator(
 
     await post(http, f"{base}/kps", {"mode": "failing"})
     await post(http, f"{demo.slack.url}/playground/send", {"channel": "C0GENERAL", "text": "/kps"})
-    [failure] = await wait_for(demo.slack, "response_url", timeout=20)
+    # Retrying a failing KPS takes longer than the loading delay: a placeholder may come first.
+    [failure] = await wait_for(
+        demo.slack, "response_url", timeout=20, where=lambda c: "loading" not in c.args["text"]
+    )
     assert "503" in json.dumps(failure.args)
 
     await post(http, f"{base}/kps", {"mode": "slow"})
