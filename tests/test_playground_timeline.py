@@ -137,3 +137,19 @@ async def test_bot_calls_become_messages_views_and_log_entries(fake: FakeSlack) 
     assert [e["call"]["method"] for e in events if e["type"] == "call"][-1] == "chat.postMessage"
     assert timeline.calls[-1]["error"] == "channel_not_found"
     assert fake.bot_token not in str(timeline.calls)
+
+
+async def test_a_commands_later_answer_replaces_its_loading_placeholder(fake: FakeSlack) -> None:
+    # A slow KPS: the bot posts "Loading…" to the command's response_url, then the page with
+    # replace_original. Slack shows one message; so must the playground.
+    timeline = timeline_of(fake)
+    timeline.expect_responses("/response/cmd-1", Origin("C0GENERAL", command="/kps"))
+
+    def post(body: dict[str, Any]) -> None:
+        call = Call("response_url", body, token=None, time=0.0, path="/response/cmd-1")
+        timeline.apply_call(call)
+
+    post({"text": "Running key-pair tasks: loading…"})
+    post({"text": "page 1", "replace_original": True})
+
+    assert [m["text"] for m in timeline.messages.values()] == ["page 1"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from bot.sandbox.fakeslack import Call
@@ -101,10 +101,12 @@ class Timeline:
         elif call.method == "response_url":
             origin = self._origins.get(call.path)
             if origin is not None:
-                events.extend(self.apply_response(origin, call.args))
+                events.extend(self.apply_response(origin, call.args, path=call.path))
         return events
 
-    def apply_response(self, origin: Origin, body: dict[str, Any]) -> list[Event]:
+    def apply_response(
+        self, origin: Origin, body: dict[str, Any], *, path: str | None = None
+    ) -> list[Event]:
         """A response_url post (or a command's ack body) shown the way Slack shows it."""
         original = self.messages.get(origin.message_id or "")
         if body.get("delete_original") and original is not None:
@@ -129,6 +131,11 @@ class Timeline:
             ephemeral=not in_channel,
         )
         entry["command"] = origin.command
+        if path is not None and origin.message_id is None:
+            # A command's answer has no message to replace until the first post makes one; a
+            # later post with replace_original replaces it, as Slack does ("Loading…", then
+            # the page).
+            self._origins[path] = replace(origin, message_id=entry["id"])
         return [self._put(entry)]
 
     def _put(self, entry: dict[str, Any]) -> Event:
