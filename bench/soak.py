@@ -1021,6 +1021,14 @@ class Soak:
         await asyncio.sleep(self.settings.settle)
 
     async def _caught_up(self, view: OutboxView) -> bool:
+        # A bot restarted late in the churn (or back from a store outage) may not have scanned
+        # yet: nothing is owed before its first complete scan, so "caught up" would be vacuous.
+        ended = self.record.churn_ended or 0.0
+        if not any(
+            listing.time > ended and self.record.last_request.get(listing.who, 0.0) > listing.time
+            for listing in self.record.listings
+        ):
+            return False
         seen = mentions(self.slack.calls)
         announced = {m.task_id for m in seen if is_announcement(m)}
         resolved = {m.task_id for m in seen if is_resolution(m)}

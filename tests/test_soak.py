@@ -49,7 +49,7 @@ async def test_poison_soak_never_stops_a_scan_and_leaks_nothing(tmp_path: Path) 
     The store's outage is the next test's, so a failure here is the records' or Slack's.
     """
     settings = SoakSettings.poisoned(
-        seconds=14.0, kills=1, store_outage=0.0, slack_fault_rate=0.2, log_dir=tmp_path
+        seconds=12.0, kills=1, store_outage=0.0, slack_fault_rate=0.2, log_dir=tmp_path
     )
     report = await run_soak(settings)
     assert report.ok, report.text()
@@ -66,7 +66,7 @@ async def test_poison_soak_with_the_store_away(tmp_path: Path, pg_url: str) -> N
     answers: no step fails but while it is away, nothing is dropped, every stale task is told.
     `pg_url` only makes the test skip (or fail under REQUIRE_POSTGRES=1) without PostgreSQL."""
     settings = SoakSettings.poisoned(
-        seconds=14.0, kills=1, poison=0.0, store_outage=6.0, log_dir=tmp_path
+        seconds=12.0, kills=1, poison=0.0, store_outage=6.0, log_dir=tmp_path
     )
     report = await run_soak(settings)
     assert report.ok, report.text()
