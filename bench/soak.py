@@ -299,7 +299,7 @@ class SoakReport:
     seed: int
     lines: list[str]
     checks: list[Check]
-    repeats: list[str]  # at-least-once repeats put down to a kill, with the reason
+    repeats: list[str]  # at-least-once repeats put down to a kill or the store lost, with why
     log_dir: Path
 
     @property
@@ -313,8 +313,8 @@ class SoakReport:
         out.append("checks:")
         out += [f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}" for c in self.checks]
         out.append(
-            "at-least-once repeats (a SIGKILL between Slack accepting a post and the outbox"
-            f" marking it sent): {len(self.repeats)}"
+            "at-least-once repeats (a SIGKILL, or the store lost, between Slack accepting a post"
+            f" and the outbox marking it sent): {len(self.repeats)}"
         )
         out += [f"  {r}" for r in self.repeats]
         out.append(f"result: {'PASSED' if self.ok else 'FAILED'} (logs in {self.log_dir})")
@@ -338,10 +338,18 @@ def _kill_before(record: Record, call: Call, later: Call) -> Kill | None:
     return None
 
 
+def _store_lost_after(record: Record, call: Call, later: Call) -> float | None:
+    """When the store went away, if that was within KILL_WINDOW after `call` and before `later`."""
+    if record.store_away is None:
+        return None
+    away = record.store_away[0]
+    return away if call.time <= away <= call.time + KILL_WINDOW and away < later.time else None
+
+
 def judge(
     record: Record, calls: list[Call], until: float, held: set[str]
 ) -> tuple[list[Check], list[str]]:
-    """Checks 1-3, and the repeats a kill explains.
+    """Checks 1-3, and the repeats a kill (or the store's going away) explains.
 
     `held`: tasks whose notice still has a row claimed by a killed process; what they miss is
     reported as waiting for that claim to expire, not as lost.
@@ -363,6 +371,7 @@ def judge(
                 continue
             ms = sorted(ms, key=lambda m: m.call.time)
             kill = _kill_before(record, ms[0].call, ms[1].call)
+            away = _store_lost_after(record, ms[0].call, ms[1].call)
             if kill is not None and len(ms) == 2:
                 explained.append(task_id)
                 repeats.append(
@@ -370,6 +379,14 @@ def judge(
                     f" {kill.at - ms[0].call.time:.3f} s before the SIGKILL of {kill.victim}"
                     f" ({'quiet' if kill.quiet else 'not quiet'} moment), repeated"
                     f" {ms[1].call.time - kill.at:.1f} s after it"
+                )
+            elif away is not None and len(ms) == 2:
+                # The same window with the database lost instead of the process (bot/watcher.py).
+                explained.append(task_id)
+                repeats.append(
+                    f"{task_id} {what} twice: Slack accepted the first"
+                    f" {away - ms[0].call.time:.3f} s before the store went away, repeated"
+                    f" {ms[1].call.time - away:.1f} s after it"
                 )
             else:
                 twice.append(task_id)

@@ -120,6 +120,17 @@ def test_a_stale_task_never_announced_fails() -> None:
     assert verdicts(record_with(finished=False), []) == [False, True, True]
 
 
+def test_a_repeat_right_after_the_store_went_away_is_reported_not_failed() -> None:
+    calls = [post(12.0, running(A)), post(30.0, running(A))]
+    record = record_with(finished=False)
+    record.store_away = (14.0, 20.0)  # too late after the first post to explain it
+    assert verdicts(record, calls) == [False, True, True]
+    record.store_away = (12.4, 20.0)
+    checks, repeats = judge(record, calls, until=100.0, held=set())
+    assert checks[0].ok
+    assert len(repeats) == 1 and "before the store went away" in repeats[0]
+
+
 def test_a_task_announced_twice_fails_unless_a_kill_explains_it() -> None:
     calls = [post(12.0, running(A)), post(30.0, running(A))]
     record = record_with(finished=False)
