@@ -1040,9 +1040,9 @@ class Soak:
     async def _caught_up(self, view: OutboxView) -> bool:
         # A bot restarted late in the churn (or back from a store outage) may not have scanned
         # yet: nothing is owed before its first complete scan, so "caught up" would be vacuous.
-        ended = self.record.churn_ended or 0.0
+        since = self.record.churn_ended or 0.0
         if not any(
-            listing.time > ended and self.record.last_request.get(listing.who, 0.0) > listing.time
+            listing.time > since and self.record.last_request.get(listing.who, 0.0) > listing.time
             for listing in self.record.listings
         ):
             return False
