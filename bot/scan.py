@@ -211,8 +211,8 @@ class Scanner:
             del self._told[next(iter(self._told))]
         for record in new[:_TOLD_PER_SCAN]:
             log.warning(
-                "left out a task record KPS sent: %s (task %s); told once",
-                record.reason,
+                "left out a task record KPS sent: %s (task %s); told once per record",
+                _printable(record.reason),
                 shown_id(record.task_id),
                 extra={"task_id": shown_id(record.task_id), "rejected": len(rejected)},
             )
@@ -396,9 +396,12 @@ def shown_id(task_id: str | None) -> str:
     """A task id as a log line may show it: control characters escaped, clipped."""
     if task_id is None:
         return "without a usable id"
+    return _printable(task_id[:80]) + ("…" if len(task_id) > 80 else "")
+
+
+def _printable(text: str) -> str:
     # A newline or a bidi override from KPS must not forge or reorder a log line.
-    shown = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in task_id[:80])
-    return shown + ("…" if len(task_id) > 80 else "")
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def _incomplete(snapshot: Snapshot) -> str:

@@ -167,6 +167,7 @@ async def test_records_the_client_or_the_store_cannot_take_never_stop_a_scan(
     sim.add_task(task_id="nul\x00in-id", task_time_ms=old)
     sim.add_task(task_id="lone-\ud800-surrogate", task_time_ms=old)
     sim.add_task(task_id="x" * 10_000, task_time_ms=old)
+    sim.add_task(task_time_ms=old, raw={"task_time": "1700000000\n"})  # the reason quotes it
     # Odd but storable text: announced like any task.
     shouty = sim.add_task(
         task_time_ms=old, server_name="ctl\x07\x1b[31m\u202e" + "n" * 10_000, keypair_name="k\r\n"
@@ -177,10 +178,10 @@ async def test_records_the_client_or_the_store_cannot_take_never_stop_a_scan(
     with caplog.at_level(logging.WARNING, logger="bot.scan"):
         for _ in range(3):
             result = await watcher.scan()
-            assert result.ok and result.rejected == len(poison) + 3
+            assert result.ok and result.rejected == len(poison) + 4
             await watcher.deliver()
     # Each once over three scans; the two without an id share their reason, so one line.
-    assert len(told(caplog)) == len(poison) + 3 - 1
+    assert len(told(caplog)) == len(poison) + 4 - 1
     assert all("\n" not in r.getMessage() and "\x00" not in r.getMessage() for r in told(caplog))
     announced = {a.task_id for a in await store.open_alerts()}
     assert announced == {t.task_id for t in normal} | {shouty.task_id}
