@@ -35,13 +35,13 @@ what it answered:
    except "watching is impaired" (the designed notice after three failed scans in a row);
    a last line cut short by SIGKILL is not counted;
 5. no watcher step failed, except while the store was away (a scan a poison record stopped
-   would fail its step);
-6. no configured secret (Slack bot token, signing secret, KPS tokens) appears in any Slack
+   would fail its step); the store's own errors then are counted apart;
+6. only when the store was sent away: an impaired notice was posted after it went away;
+7. no configured secret (Slack bot token, signing secret, KPS tokens) appears in any Slack
    call the stand-in received or in any log line;
-   (with the store sent away: an impaired notice was posted after it went away;)
-7. nothing was dropped: no outbox row was given up (every Slack failure in the soak is
+8. nothing was dropped: no outbox row was given up (every Slack failure in the soak is
    transient);
-8. the final SIGTERM stops every bot with exit status 0.
+9. the final SIGTERM stops every bot with exit status 0.
 
 A task counts as "stale for a whole complete scan" when a bot process got a successful
 running-tasks answer listing it as running and stale (with 10 s to spare, so a scan that
@@ -52,7 +52,9 @@ decision. Each bot process gets its own KPS token, which tells the simulator who
 Delivery is at least once (bot/watcher.py): a SIGKILL after Slack accepted a post and before
 the outbox marked it sent repeats that post. The soak kills at a quiet moment (no outbox row
 pending, no Slack call in between), so that window is avoided; a repeat that still follows a
-kill within a second of an accepted call is reported apart, with its reason, not hidden.
+kill within a second of an accepted call is reported apart, with its reason, not hidden. The
+store going away in that moment is the same window, and a repeat it explains is reported the
+same way.
 """
 
 from __future__ import annotations
