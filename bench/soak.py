@@ -766,8 +766,10 @@ class Soak:
         self.slack = FakeSlack(bot_token=f"xoxb-soak-{secrets.token_hex(12)}")
         self.state_url = f"sqlite+aiosqlite:///{self.log_dir / 'soak-state.db'}"
         self.database: Database | None = None
-        self._store_present = asyncio.Event()
-        self._store_present.set()
+        # A kill and its restart, or the store's outage and the moments after it: never both
+        # at once. A bot started while the store is away ends its start (as designed), and a
+        # bot killed the moment the store is back could not record the outage it lived through.
+        self._disruption = asyncio.Lock()
         self._started = 0
 
     def _token(self, index: int) -> str:
@@ -956,15 +958,11 @@ class Soak:
         for n in range(1, kills + 1):
             at = start + seconds * n / (kills + 1) + self.rng.uniform(-0.5, 0.5)
             await asyncio.sleep(max(0.0, at - time.time()))
-            if not self._store_present.is_set():
-                # The kill's quiet check reads the store; and a bot killed the moment the store
-                # is back could not yet record the outage it lived through.
-                await self._store_present.wait()
-                await asyncio.sleep(3.0)
-            victim = await self._leader(client) if self.settings.replicas else None
-            victim = victim or self.live[0]
-            await self._quiet_kill(victim, view, patience=10.0)
-            self._start_bot()
+            async with self._disruption:
+                victim = await self._leader(client) if self.settings.replicas else None
+                victim = victim or self.live[0]
+                await self._quiet_kill(victim, view, patience=10.0)
+                await wait_role(client, self._start_bot(), ["leader", "standby"])
 
     # -- the run ------------------------------------------------------------------------------
 
@@ -1029,15 +1027,15 @@ class Soak:
         if not seconds or self.database is None:
             return
         await asyncio.sleep(max(0.0, start + self.settings.seconds * 0.3 - time.time()))
-        self._store_present.clear()
-        away = time.time()
-        await self.database.cut_off()
-        try:
-            await asyncio.sleep(seconds)
-        finally:
-            await self.database.restore()
-            self.record.store_away = (away, time.time())
-            self._store_present.set()
+        async with self._disruption:
+            away = time.time()
+            await self.database.cut_off()
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                await self.database.restore()
+                self.record.store_away = (away, time.time())
+            await asyncio.sleep(3.0)  # a few scans with the store back before any kill
 
     async def _catch_up(self, view: OutboxView) -> None:
         """Wait until every check could pass (or `drain` runs out), then `settle` more."""
