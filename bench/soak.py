@@ -963,6 +963,11 @@ class Soak:
                 victim = victim or self.live[0]
                 await self._quiet_kill(victim, view, patience=10.0)
                 await wait_role(client, self._start_bot(), ["leader", "standby"])
+                # A standby's failed steps are its own (bot/watcher.py): the outage must meet
+                # a leader, once the killed one's lease has expired.
+                deadline = time.monotonic() + 30.0
+                while await self._leader(client) is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.1)
 
     # -- the run ------------------------------------------------------------------------------
 
