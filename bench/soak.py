@@ -965,8 +965,9 @@ class Soak:
                 await wait_role(client, self._start_bot(), ["leader", "standby"])
                 # A standby's failed steps are its own (bot/watcher.py): the outage must meet
                 # a leader, once the killed one's lease has expired.
-                deadline = time.monotonic() + 30.0
-                while await self._leader(client) is None and time.monotonic() < deadline:
+                for _ in range(300):  # 30 s at most
+                    if await self._leader(client) is not None:
+                        break
                     await asyncio.sleep(0.1)
 
     # -- the run ------------------------------------------------------------------------------
