@@ -1,8 +1,10 @@
 """`python -m bench`: run every benchmark, print the tables, write bench/RESULTS.md.
 
-Parts: 1 ack path, 2 scan, 4 render and memory, then py-spy
-profiles of the cells behind the targets. Part 3 (notices), the fault soak and the fuzzing
-arrive with the watcher; RESULTS.md keeps a section for them.
+Parts: 1 ack path, 2 scan, 4 render and memory, then py-spy profiles of the cells behind the
+targets. Three more have their own commands: part 3, the notices (`python -m bench.notices`,
+a real bot process; its figures are kept in bench/NOTICES.md, which RESULTS.md folds in), the
+fault soak (`python -m bench.soak`; its 20 s form runs in `make test`) and the fuzzing
+(tests/test_fuzz.py, in `make test`). docs/testing.md describes the soak and the fuzzing.
 """
 
 from __future__ import annotations

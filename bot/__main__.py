@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Final
 
@@ -13,7 +14,8 @@ from bot.config import SettingsError, load_settings, read_environment
 from bot.logs import configure_logging
 from bot.server import serve
 
-USAGE = "usage: python -m bot [check | demo [--port N] [--help]]"
+USAGE = "usage: python -m bot [check | demo [options]] [--help] [--version]"
+HELP_FLAGS: Final = ("--help", "-h")
 # Any of these set means someone is configuring a real bot, so the demo stays out of the way
 # (LOG_* or PORT alone say nothing about Slack or KPS).
 REAL_SETTINGS_PREFIXES: Final = ("SLACK_", "HUAWEICLOUD_", "KPS_", "IAM_", "STALE_", "STATE_URL")
@@ -27,8 +29,17 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if args[:1] == ["demo"]:
         return _demo(args[1:], defaulted=False)
+    if len(args) == 1 and args[0] in HELP_FLAGS:
+        print(help_text())
+        return 0
+    if args[:1] == ["check"] and len(args) == 2 and args[1] in HELP_FLAGS:
+        print(CHECK_HELP)
+        return 0
+    if args == ["--version"]:
+        print(f"kps-bot {version()}")
+        return 0
     if args not in ([], ["check"]):
-        print(USAGE, file=sys.stderr)
+        print(f"{USAGE}\n(python -m bot --help explains each)", file=sys.stderr)
         return 2
     environ = read_environment()
     if not args and _wants_demo(environ):
@@ -42,6 +53,45 @@ def main(argv: list[str] | None = None) -> int:
     if args == ["check"]:
         return asyncio.run(run_check(settings, sys.stdout))
     return asyncio.run(serve(settings))
+
+
+CHECK_HELP: Final = """usage: python -m bot check
+
+Checks the settings without starting the bot: reads them as the bot would (environment variables,
+then a .env file in the working directory), makes one real KPS call and one Slack auth.test, and
+says in plain words what works and what does not. Exit status 0 only when all is well."""
+
+
+def help_text() -> str:
+    """What `python -m bot --help` prints: the commands, where settings live, where to read on."""
+    readme = Path(__file__).resolve().parent.parent / "README.md"
+    where = str(readme) if readme.is_file() else "README.md at the top of the source repository"
+    return f"""{USAGE}
+
+kps-bot: a Slack bot that lists Huawei Cloud KPS key-pair tasks (/kps) and posts a notice when one
+runs too long.
+
+  python -m bot            run the bot with the settings below; at a terminal with nothing
+                           configured at all, it starts the demo instead
+  python -m bot check      check the settings: one real KPS call and one Slack auth.test, each
+                           explained; exit status 0 only when all is well
+  python -m bot demo       the demo: the real bot, a KPS simulator and a pretend Slack in the
+                           browser, no accounts needed (python -m bot demo --help: its options)
+  python -m bot --version  the installed version
+
+Settings are environment variables, also read from a .env file in the working directory (real
+environment variables win). Copy .env.example to .env and fill it in: it lists every setting.
+
+The README explains every setting and the way from nothing to a working /kps:
+  {where}"""
+
+
+def version() -> str:
+    """This package's version, from its installed metadata."""
+    try:
+        return metadata.version("kps-bot")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(unknown: not installed; pip install -e . records it)"
 
 
 def wants_demo(environ: Mapping[str, str], *, dotenv_present: bool, interactive: bool) -> bool:

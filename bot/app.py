@@ -28,6 +28,7 @@ from bot.gate import ResponseUrls, mark_verified, passed_verification
 from bot.inflight import InFlight
 from bot.kps import KPSClient, RetryPolicy
 from bot.logs import correlation_id, new_correlation_id, register_secret
+from bot.readiness import Readiness
 from bot.replies import Replies
 from bot.scan import Notices
 from bot.services import Provided, SeenEvents, utc_now
@@ -82,18 +83,27 @@ class Runtime:
     slack: AsyncWebClient
     http: httpx.AsyncClient
     session: aiohttp.ClientSession
+    readiness: Readiness
     store: Store | None = None
     watcher: Watcher | None = None
 
     async def start(self) -> None:
-        """Create or migrate the state store's schema, then start the watcher beside the app."""
+        """Create or migrate the store's schema, ask Slack whether it takes the bot token, then
+        start the watcher beside the app.
+
+        A refused token does not end the process: `/readyz` says so (while `/healthz`, which
+        platforms restart on, stays 200) and auth.test is asked again until Slack accepts it.
+        The watcher starts anyway; its outbox holds notices while Slack refuses them.
+        """
         if self.store is not None:
             await self.store.migrate()
+        await self.readiness.start()
         if self.watcher is not None:
             self.watcher.start()
 
     async def aclose(self) -> None:
         """Stop the watcher (giving its lease up), then close the store and the pooled clients."""
+        await self.readiness.aclose()
         try:
             if self.watcher is not None:
                 await self.watcher.stop()
@@ -167,7 +177,10 @@ def build_runtime(
             pace=Pace(poll_interval=settings.poll_interval),
         )
     app = build_app(settings, slack, provided)
-    return Runtime(settings, app, kps, provided["inflight"], slack, http, session, store, watcher)
+    readiness = Readiness(slack, store, clock=utc_now)
+    return Runtime(
+        settings, app, kps, provided["inflight"], slack, http, session, readiness, store, watcher
+    )
 
 
 def build_app(settings: Settings, slack: AsyncWebClient, provided: Provided) -> AsyncApp:

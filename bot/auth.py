@@ -24,8 +24,8 @@ SDK_DATE_FORMAT: Final = "%Y%m%dT%H%M%SZ"
 _EMPTY_SHA256: Final = hashlib.sha256(b"").hexdigest()
 
 # Only these are signed, whatever else is on the request: the gateway accepts any subset that
-# includes x-sdk-date (research/kps-api.md §5 [S15b]), and headers httpx or a proxy add later
-# (User-Agent, Accept-Encoding, Content-Length) then cannot break the signature.
+# includes x-sdk-date (../shared/research/kps-api.md §5 [S15b]), and headers httpx or a proxy
+# add later (User-Agent, Accept-Encoding, Content-Length) then cannot break the signature.
 _SIGNED_HEADERS: Final = (
     "content-type",
     "host",

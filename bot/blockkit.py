@@ -7,7 +7,6 @@ builder, the store or an HTTP library.
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -15,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol, TypeVar
 
+from bot.logs import redact
 from bot.tasks import as_utc, elapsed
 
 MESSAGE_MAX_BLOCKS: Final = 50  # docs.slack.dev/reference/block-kit/blocks
@@ -34,6 +34,18 @@ Block = dict[str, Any]
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _SURROGATE = re.compile("[\ud800-\udfff]")  # a lone surrogate cannot be sent as UTF-8
 USER_ID: Final = re.compile(r"^[UW][A-Z0-9]{2,40}$")
+# mrkdwn has no escape for its formatting characters, and `verbatim` only stops auto-linking
+# (research/slack-bolt.md), so in KPS text each becomes a look-alike, as jsx-slack's <Escape>
+# does inside links. `_` and `~` between two letters or digits never format and stay, so
+# names such as web_server_01 read (and copy) as KPS spelled them; `*` could close the bold
+# a name is shown in, and a backtick opens code anywhere, so those always go.
+_FORMATTING = re.compile(r"[*`]|[_~](?![^\W_])|(?<![^\W_])[_~]")
+_LOOK_ALIKE: Final = {"*": "\u2217", "_": "\u02cd", "~": "\u223c", "`": "\u02cb"}
+# How far past what is shown an upstream message is searched for secrets: a secret that starts
+# inside the shown part is replaced whole as long as it is shorter than this (IAM security
+# tokens run to a few thousand characters), and a 16 MB error body is not scanned in full.
+_SECRET_SPAN: Final = 16_384
+UPSTREAM_TEXT_MAX: Final = 300  # an upstream error message as shown in Slack
 
 
 class BadButtonValue(ValueError):
@@ -70,7 +82,11 @@ def clip(text: str, limit: int) -> str:
 
 
 def safe_text(text: str, limit: int) -> str:
-    """Untrusted text escaped and clipped to `limit` characters, without surrounding space."""
+    """Untrusted text escaped, clipped to `limit` characters, its `*_~` and backticks inert."""
+    return _FORMATTING.sub(lambda found: _LOOK_ALIKE[found.group()], _escaped(text, limit))
+
+
+def _escaped(text: str, limit: int) -> str:
     # Escaping never shortens text, so the first limit + 1 characters decide what is shown; the
     # rest of a 10,000-character name is never escaped.
     return clip(escape(text.strip()[: limit + 1]), limit).strip()
@@ -78,10 +94,45 @@ def safe_text(text: str, limit: int) -> str:
 
 def code_span(text: str, limit: int) -> str:
     """Untrusted text as an inline code span, or "(empty)"."""
-    # Inside a code span `*` and `_` are shown as they are; a backtick would end the span early,
-    # so it becomes U+02CB, which looks the same.
-    inner = safe_text(text, limit).replace("`", "\u02cb")
+    # Inside a code span `*`, `_` and `~` are shown as they are, so ids stay exact; a backtick
+    # would end the span early, so it becomes U+02CB, which looks the same.
+    inner = _escaped(text, limit).replace("`", "\u02cb")
     return f"`{inner}`" if inner else "(empty)"
+
+
+def upstream_span(text: str, limit: int = UPSTREAM_TEXT_MAX) -> str:
+    """A KPS or IAM message for Slack: secrets redacted, then clipped, as an inline code span."""
+    # Redacted before escaping and clipping: `&` in a password becomes `&amp;` and a clip may
+    # cut a secret in half, and either would hide it from the redaction at the edge.
+    return code_span(redact(text[: limit + _SECRET_SPAN]), limit)
+
+
+def upstream_words(text: str, limit: int = UPSTREAM_TEXT_MAX) -> str:
+    """`upstream_span` as plain mrkdwn text (`safe_text`), for a line that is not code."""
+    return safe_text(redact(text[: limit + _SECRET_SPAN]), limit)
+
+
+def redact_payload(payload: Any) -> Any:
+    """A copy of a JSON-able Slack payload with secrets redacted in every string, as in logs."""
+    if isinstance(payload, str):
+        return _redact_shown(payload)
+    if isinstance(payload, Mapping):
+        return {key: redact_payload(value) for key, value in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [redact_payload(item) for item in payload]
+    return payload
+
+
+def _redact_shown(text: str) -> str:
+    redacted = redact(text)
+    # A secret holding `&`, `<` or `>` reaches mrkdwn escaped, where its registered forms do
+    # not match; read back as the user will see it, it does. Such a string is then escaped
+    # whole again, so a date token or mention in it shows as text: rare, and safe.
+    shown = redacted.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    if shown == redacted:
+        return redacted
+    cleaned = redact(shown)
+    return redacted if cleaned == shown else escape(cleaned)
 
 
 def mention(user_id: str) -> str:
@@ -192,13 +243,16 @@ class Message:
             raise ValueError("a message needs a non-empty fallback text")
         if len(self.blocks) > MESSAGE_MAX_BLOCKS:
             raise ValueError(f"{len(self.blocks)} blocks, Slack takes {MESSAGE_MAX_BLOCKS}")
-        size = payload_chars(self.as_payload())
+        size = payload_chars({"text": self.text, "blocks": list(self.blocks)})
         if size > MESSAGE_MAX_CHARS:
             raise ValueError(f"message JSON is {size} characters, limit {MESSAGE_MAX_CHARS}")
 
     def as_payload(self) -> dict[str, Any]:
-        """Keyword arguments for `respond()` or `chat.postMessage` (a copy, safe to change)."""
-        return {"text": self.text, "blocks": copy.deepcopy(list(self.blocks))}
+        """Keyword arguments for `respond()` or `chat.postMessage`: a redacted copy."""
+        # Every way a Message leaves (response_url, chat.postMessage/update, an ack, the
+        # outbox's stored body) goes through here, so none can carry a secret to Slack.
+        payload: dict[str, Any] = redact_payload({"text": self.text, "blocks": list(self.blocks)})
+        return payload
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

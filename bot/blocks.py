@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from bot.blockkit import (
@@ -35,12 +37,23 @@ from bot.blockkit import (
     int_field,
     mention,
     one_line,
+    plural,
     safe_text,
     section_block,
     text_field,
+    upstream_span,
+    upstream_words,
     where_and_when,
 )
-from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
+from bot.errors import (
+    KPSAPIError,
+    KPSBadResponse,
+    KPSConnectionError,
+    KPSError,
+    KPSResponseTooLarge,
+    KPSThrottled,
+    KPSTimeout,
+)
 from bot.tasks import Task, is_stale, operation_label
 
 # Action ids: handlers register these exact strings. Stale-notice buttons will use `kps_stale_*`.
@@ -60,6 +73,10 @@ MAX_PAGE_SIZE: Final = 20  # CONTRACT: PAGE_SIZE is 1-20; 20 tasks x 2 blocks st
 MAX_QUERY_CHARS: Final = 200
 MAX_OFFSET: Final = 1_000_000_000
 _PROBLEMS_SHOWN: Final = 10
+_HOME_MAX_BLOCKS: Final = 100  # Slack's limit for a Home view
+HOME_NOTE_BLOCK: Final = "kps_home_note"  # the block_id of the Home tab's one note
+# Team and app ids go into a slack:// link unescaped, so only their documented shape is used.
+_SLACK_ID: Final = re.compile(r"^[AT][A-Z0-9]{2,40}$")
 _HEADER_ALL: Final = "Running key-pair tasks"
 _USAGE_LINES: Final = (
     "`/kps` or `/kps tasks`: the first page of running key-pair tasks",
@@ -128,6 +145,7 @@ class HomeSummary:
     fetched_at: datetime | None
     problems: tuple[str, ...] = ()
     error: KPSError | None = None
+    queued: int = 0  # READY_x tasks: listed by KPS as running, not started yet
 
 
 # --- task pages -------------------------------------------------------------------------------
@@ -157,8 +175,12 @@ def build_page(
     ref: PageRef,
     ctx: ViewContext,
     shared_by: str | None = None,
+    rejected: int = 0,
 ) -> Message:
-    """One page of running tasks with its range, the age of each task and paging buttons."""
+    """One page of running tasks with its range, the age of each task and paging buttons.
+
+    `rejected` counts task records KPS sent for this page that could not be read.
+    """
     shared_by = shared_by or ref.shared_by or None
     if len(tasks) > ref.page_size:
         raise ValueError(f"{len(tasks)} tasks for a page of {ref.page_size}")
@@ -166,8 +188,22 @@ def build_page(
     total = max(total, 0, ref.offset + len(tasks) if tasks else 0)
     text = _page_fallback(tasks, total, ref)
     return fit(
-        text, _CLIP_TIERS, lambda clips: _page_blocks(tasks, total, ref, ctx, shared_by, clips)
+        text,
+        _CLIP_TIERS,
+        lambda clips: _with_rejected(
+            _page_blocks(tasks, total, ref, ctx, shared_by, clips), rejected
+        ),
     )
+
+
+def _with_rejected(blocks: list[Block], rejected: int) -> list[Block]:
+    """`blocks` with a line, above the task list, saying how many records were left out."""
+    if rejected <= 0:
+        return blocks
+    noun, verb = ("task record", "is") if rejected == 1 else ("task records", "are")
+    line = context_block(f":warning: {rejected} {noun} could not be read and {verb} not shown.")
+    at = next((i for i, b in enumerate(blocks) if b["type"] in ("divider", "actions")), len(blocks))
+    return [*blocks[:at], line, *blocks[at:]]
 
 
 def _page_blocks(
@@ -180,14 +216,18 @@ def _page_blocks(
 ) -> list[Block]:
     blocks: list[Block] = [header_block(_page_title(ref.query))]
     if tasks:
-        first, last = ref.offset + 1, ref.offset + len(tasks)
-        blocks.append(section_block(f"Showing *{first}–{last} of {total}* {_noun(ref.query)}"))
+        line = _showing(ref.offset + 1, ref.offset + len(tasks), total, ref.query)
+        queued = sum(1 for task in tasks if task.queued)
+        if queued:
+            verb = "is" if queued == 1 else "are"
+            line += f" · *{queued}* on this page {verb} queued, not started yet"
+        blocks.append(section_block(line))
     elif total == 0:
         blocks.append(section_block(_empty_words(ref.query)))
     else:
         blocks.append(
             section_block(
-                f"Nothing from task {ref.offset + 1} on any more: {total} {_noun(ref.query)}"
+                f"Nothing from task {ref.offset + 1} on any more: {total} {_noun(ref.query, total)}"
                 " in all. Go back a page or refresh."
             )
         )
@@ -222,7 +262,13 @@ def _task_blocks(task: Task, ctx: ViewContext, clips: Clips) -> list[Block]:
         started = "unknown"
     else:
         started = format_utc(task.started_at) if clips.compact else format_date(task.started_at)
-    line = f"{operation} · started {started} · running {format_age(task.started_at, ctx.now)}"
+    age = format_age(task.started_at, ctx.now)
+    if not task.queued:
+        line = f"{operation} · started {started} · running {age}"
+    elif age in ("just now", "unknown"):
+        line = f"{operation} · *queued* {started} · not started yet"
+    else:
+        line = f"{operation} · *queued* {started} · waiting {age} to start"
     if _is_stale(task, ctx):
         line += " · :warning: *stale*"
     task_id, server_id = (
@@ -258,17 +304,30 @@ def _page_title(query: str) -> str:
     return f'Tasks matching "{clip(escape(query), HEADER_TEXT_MAX - 17)}"'
 
 
+def _showing(first: int, last: int, total: int, query: str) -> str:
+    """The page's range as a person writes it: "1–10 of 37", one task of many, or the only."""
+    if first < last:
+        return f"Showing *{first}–{last} of {total}* {_noun(query)}"
+    if total == 1:
+        return f"Showing the only {_noun(query, 1)}"
+    return f"Showing task *{first}* of the *{total}* {_noun(query)}"
+
+
 def _page_fallback(tasks: Sequence[Task], total: int, ref: PageRef) -> str:
     title = _page_title(ref.query)
+    first, last = ref.offset + 1, ref.offset + len(tasks)
+    if tasks and first < last:
+        return f"{title}: {first}–{last} of {total}"
     if tasks:
-        return f"{title}: {ref.offset + 1}–{ref.offset + len(tasks)} of {total}"
+        return f"{title}: task {first} of {total}"
     if total == 0:
         return _empty_words(ref.query)
     return f"{title}: none from {ref.offset + 1} on, {total} in all"
 
 
-def _noun(query: str) -> str:
-    return f'tasks matching "{clip(escape(query), 120)}"' if query else "running tasks"
+def _noun(query: str, count: int = 2) -> str:
+    tasks = plural(count, "task")
+    return f'{tasks} matching "{clip(escape(query), 120)}"' if query else f"running {tasks}"
 
 
 def _empty_words(query: str) -> str:
@@ -279,6 +338,23 @@ def _empty_words(query: str) -> str:
 
 def _moved(ref: PageRef, offset: int) -> PageRef:
     return PageRef(offset=offset, page_size=ref.page_size, query=ref.query, shared_by=ref.shared_by)
+
+
+def build_loading(ref: PageRef) -> Message:
+    """What a page says while KPS is slow to answer; the page replaces it in place."""
+    # The page's own title, so the message does not jump when the tasks arrive; no buttons,
+    # so nobody clicks a page that is not there yet.
+    first = ref.offset + 1
+    which = f"tasks from {first} on" if ref.offset else "the running tasks"
+    words = f":hourglass_flowing_sand: Loading… asking KPS for {which}."
+    return Message(
+        text=f"{_page_title(ref.query)}: loading…",
+        blocks=(
+            header_block(_page_title(ref.query)),
+            section_block(words),
+            context_block("KPS is taking a moment; this message is replaced when it answers."),
+        ),
+    )
 
 
 # --- errors, help, one-line replies ---------------------------------------------------------
@@ -350,12 +426,22 @@ def _failure_words(error: KPSError) -> str:
         return "KPS is not answering (timed out)."
     if isinstance(error, KPSConnectionError):
         return "KPS cannot be reached (the connection failed)."
+    service = _service(error)
+    if isinstance(error, KPSResponseTooLarge):
+        return f"{service} sent an answer too large to read (over {error.limit:,} bytes)."
     if isinstance(error, KPSBadResponse):
-        return f"KPS sent an answer the bot cannot read (HTTP {error.status})."
+        return f"{service} sent an answer the bot cannot read (HTTP {error.status})."
+    if isinstance(error, KPSThrottled):
+        return f"{service} is throttling requests (HTTP {error.status}, too many requests)."
     if isinstance(error, KPSAPIError):
-        service = safe_text(error.service, 40) or "KPS"
         return f"{service} answered HTTP {error.status}{_status_words(error.status)}."
     return "KPS failed."
+
+
+def _service(error: KPSError) -> str:
+    """Who failed: "KPS" or "IAM" (the token service), as the error says."""
+    service = getattr(error, "service", "KPS")
+    return safe_text(service, 40) if isinstance(service, str) and service.strip() else "KPS"
 
 
 def _status_words(status: int) -> str:
@@ -372,28 +458,30 @@ def _status_words(status: int) -> str:
 def _failure_details(error: KPSError) -> str:
     if isinstance(error, KPSAPIError):
         lines = [f"HTTP status: {error.status}"]
+        # What KPS, IAM or a gateway said may echo the request, credentials included (issue
+        # 10): every upstream string is redacted and clipped before it is shown.
         if error.error_code:
-            lines.append(f"Error code: {code_span(error.error_code, 200)}")
+            lines.append(f"Error code: {upstream_span(error.error_code, 200)}")
         if error.error_msg:
-            lines.append(f"Message: {code_span(error.error_msg, 1000)}")
+            lines.append(f"Message: {upstream_span(error.error_msg)}")
         lines.append(f"Request id: {_request_id(error.request_id)}")
         return "\n".join(lines)
     if isinstance(error, KPSBadResponse):
-        detail = code_span(error.detail, 1000)
+        detail = upstream_span(error.detail)
         return f"Detail: {detail}\nRequest id: {_request_id(error.request_id)}"
-    return f"Detail: {code_span(str(error), 1000)}" if str(error).strip() else ""
+    return f"Detail: {upstream_span(str(error))}" if str(error).strip() else ""
 
 
 def _failure_line(error: KPSError) -> str:
     # Mobile notifications show only the fallback text, so it names KPS's code and message too.
     if isinstance(error, KPSAPIError) and (error.error_code or error.error_msg):
-        said = safe_text(f"{error.error_code[:200]} {error.error_msg[:200]}", 200)
+        said = upstream_words(f"{error.error_code[:200]} {error.error_msg}", 200)
         return f"{_failure_words(error)} {said}"
     return _failure_words(error)
 
 
 def _request_id(request_id: str | None) -> str:
-    return code_span(request_id, 200) if request_id else "none sent"
+    return upstream_span(request_id, 200) if request_id else "none sent"
 
 
 def _failure_hint(error: KPSError) -> str:
@@ -401,12 +489,29 @@ def _failure_hint(error: KPSError) -> str:
         return "KPS may be slow or overloaded; retry in a moment."
     if isinstance(error, KPSConnectionError):
         return "Check KPS_ENDPOINT and the network between the bot and Huawei Cloud."
+    service = _service(error)
+    if isinstance(error, KPSResponseTooLarge):
+        return (
+            f"A page of tasks is far smaller than {error.limit:,} bytes, so {service} or a proxy in"
+            " between misbehaved; quote the request id to support."
+        )
     if isinstance(error, KPSBadResponse):
         return (
-            "KPS or a proxy in between sent something unexpected; quote the request id to support."
+            f"{service} or a proxy in between sent something unexpected; quote the request id"
+            " to support."
         )
+    if isinstance(error, KPSThrottled):
+        wait = error.retry_after
+        if wait is None or wait <= 0:
+            return f"{service} asks for fewer requests; wait a minute, then retry."
+        return f"{service} asks to wait {_wait_words(wait)}; retry after that."
     if isinstance(error, KPSAPIError):
         status = error.status
+        if service == "IAM" and status in (400, 401, 403):
+            return (
+                "IAM refused the token request: check HUAWEICLOUD_USERNAME, HUAWEICLOUD_PASSWORD,"
+                " HUAWEICLOUD_DOMAIN and IAM_ENDPOINT."
+            )
         if status == 401:
             return (
                 "The credentials were refused: check KPS_AUTH_TOKEN (an IAM token lasts 24 h), "
@@ -420,10 +525,22 @@ def _failure_hint(error: KPSError) -> str:
         if status == 404:
             return "Check KPS_ENDPOINT and HUAWEICLOUD_SDK_PROJECT_ID."
         if status == 429:
-            return "KPS is throttling requests; wait a minute, then retry."
+            return f"{service} is throttling requests; wait a minute, then retry."
         if status >= 500:
-            return "KPS has trouble on its side; retry later, and quote the request id to support."
+            return (
+                f"{service} has trouble on its side; retry later, and quote the request id to"
+                " support."
+            )
     return "Retry in a moment; if it keeps failing, ask whoever runs the bot to check its log."
+
+
+def _wait_words(seconds: float) -> str:
+    """A Retry-After in words: "30 s", "2 min", "1 h 5 min" (whole seconds, rounded up)."""
+    whole = max(1, math.ceil(seconds))
+    if whole < 60:
+        return f"{whole} s"
+    # format_duration rounds down; a wait shown shorter than asked would invite a refusal.
+    return format_duration(timedelta(minutes=math.ceil(whole / 60)))
 
 
 # --- Home tab ---------------------------------------------------------------------------------
@@ -444,20 +561,66 @@ def build_home(summary: HomeSummary, ctx: ViewContext, *, page_size: int = 10) -
         blocks.append(context_block(where_and_when(ctx, "Updated", summary.fetched_at)))
     if summary.problems:
         blocks.append(section_block(_home_problems(summary.problems)))
-    first = PageRef(offset=0, page_size=page_size)
-    blocks.append(actions_block([button("List running tasks", ACTION_LIST, first, primary=True)]))
+    blocks.append(_home_button(page_size))
     return {"type": "home", "blocks": blocks}
 
 
+def build_home_note(view: Mapping[str, Any], note: str, *, page_size: int = 10) -> dict[str, Any]:
+    """The Home view Slack last showed, with `note` under it in place of any earlier note.
+
+    A click on Home carries the view it was made on; redrawing that view keeps the counts the
+    user was reading instead of asking KPS again just to add a line.
+    """
+    shown = view.get("blocks")
+    kept: list[Block] = [
+        block
+        for block in (shown if isinstance(shown, list) else [])
+        if isinstance(block, dict) and block.get("block_id") != HOME_NOTE_BLOCK
+    ]
+    if not kept:
+        kept = [header_block("Key-pair tasks"), _home_button(page_size)]
+    marked = {**context_block(note), "block_id": HOME_NOTE_BLOCK}
+    return {"type": "home", "blocks": [*kept[: _HOME_MAX_BLOCKS - 1], marked]}
+
+
+def list_sent_note(*, team: str | None, app: str | None, at: datetime) -> str:
+    """Home's word that the list went to the user's Messages tab with the bot, and when."""
+    where = "Messages tab"
+    if team and app and _SLACK_ID.match(team) and _SLACK_ID.match(app):
+        where = f"<slack://app?team={team}&amp;id={app}&amp;tab=messages|Messages tab>"
+    return (
+        f":envelope_with_arrow: Sent the list of running tasks to your {where} ({format_date(at)})."
+    )
+
+
+def list_not_sent_note(error: str) -> str:
+    """Home's word that the list could not be sent to the user's Messages tab."""
+    said = code_span(error, 100) if error.strip() else "an error"
+    return (
+        f":warning: Could not send the list to your Messages tab: Slack answered {said}."
+        " `/kps` in any channel shows it too."
+    )
+
+
+def _home_button(page_size: int) -> Block:
+    first = PageRef(offset=0, page_size=page_size)
+    return actions_block([button("List running tasks", ACTION_LIST, first, primary=True)])
+
+
 def _home_counts(summary: HomeSummary, ctx: ViewContext) -> str:
+    queued = f"*{summary.queued}* queued, not started yet" if summary.queued > 0 else ""
     if summary.running <= 0:
-        return "No key-pair tasks are running."
+        return (
+            f"No key-pair tasks are running · {queued}"
+            if queued
+            else "No key-pair tasks are running."
+        )
     noun = "task is" if summary.running == 1 else "tasks are"
     line = f"*{summary.running}* key-pair {noun} running"
     line += (
         f" · *{max(summary.stale, 0)}* stale (running {format_duration(ctx.stale_after)} or longer)"
     )
-    return line
+    return f"{line} · {queued}" if queued else line
 
 
 def _home_oldest(task: Task, ctx: ViewContext) -> str:
@@ -469,7 +632,8 @@ def _home_oldest(task: Task, ctx: ViewContext) -> str:
 
 
 def _home_problems(problems: tuple[str, ...]) -> str:
-    lines = [f"• {safe_text(p, 250) or '(no details)'}" for p in problems[:_PROBLEMS_SHOWN]]
+    # A problem may quote an upstream error (the watcher's last one): redacted like it.
+    lines = [f"• {upstream_words(p, 250) or '(no details)'}" for p in problems[:_PROBLEMS_SHOWN]]
     if len(problems) > _PROBLEMS_SHOWN:
         lines.append(f"…and {len(problems) - _PROBLEMS_SHOWN} more")
     return "*Problems*\n" + "\n".join(lines)
@@ -479,4 +643,4 @@ def _home_problems(problems: tuple[str, ...]) -> str:
 
 
 def _is_stale(task: Task, ctx: ViewContext) -> bool:
-    return is_stale(task.started_at, now=ctx.now, stale_after=ctx.stale_after)
+    return is_stale(task, now=ctx.now, stale_after=ctx.stale_after)

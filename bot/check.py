@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Final, TextIO
+from typing import TextIO
 from urllib.parse import quote
 
 import aiohttp
@@ -17,15 +17,13 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from bot.app import Runtime, build_runtime
-from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings
+from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings, oauth_conflict
 from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
 from bot.store import SCHEMA_VERSION, Store, schema_version
 
+
 # Bolt switches to multi-workspace OAuth when both are in the process environment, even empty
 # (slack_bolt.app.async_app: `os.environ.get(...) is not None`), and then ignores the bot token.
-OAUTH_VARIABLES: Final = ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET")
-
-
 @dataclass(frozen=True, slots=True)
 class CheckResult:
     """One line of the report: whether it is fine, and what was found."""
@@ -63,22 +61,11 @@ async def run_check(
 
 def check_oauth_variables(environ: Mapping[str, str]) -> CheckResult | None:
     """A failure when Bolt would take the OAuth path and ignore SLACK_BOT_TOKEN."""
-    present = [name for name in OAUTH_VARIABLES if name in environ]
-    if len(present) == len(OAUTH_VARIABLES):
-        return CheckResult(
-            False,
-            "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are set: Bolt then runs multi-workspace "
-            "OAuth and ignores SLACK_BOT_TOKEN, so every request fails; unset both",
-        )
-    if present:
-        (other,) = set(OAUTH_VARIABLES) - set(present)
-        return CheckResult(
-            False,
-            f"{present[0]} is set: harmless alone, but with {other} also set Bolt would ignore "
-            "SLACK_BOT_TOKEN; unset it",
-            warning=True,
-        )
-    return None
+    problem = oauth_conflict(environ)
+    if problem is None:
+        return None
+    text, fatal = problem
+    return CheckResult(False, text, warning=not fatal)
 
 
 async def check_kps(runtime: Runtime) -> CheckResult:

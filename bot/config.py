@@ -563,3 +563,29 @@ def _is_http_url(value: str) -> bool:
         and "@" not in parts.netloc  # no credentials in a URL we might print
         and not (parts.query or parts.fragment)
     )
+
+
+OAUTH_VARIABLES: Final = ("SLACK_CLIENT_ID", "SLACK_CLIENT_SECRET")
+
+
+def oauth_conflict(environ: Mapping[str, str]) -> tuple[str, bool] | None:
+    """What SLACK_CLIENT_ID/SECRET in `environ` would do to Bolt, and whether it is fatal.
+
+    Bolt builds its OAuth flow from both whenever they are in the process environment (even
+    empty), and then ignores SLACK_BOT_TOKEN; one alone is harmless but a trap.
+    """
+    present = [name for name in OAUTH_VARIABLES if name in environ]
+    if len(present) == len(OAUTH_VARIABLES):
+        return (
+            "SLACK_CLIENT_ID and SLACK_CLIENT_SECRET are set: Bolt then runs multi-workspace "
+            "OAuth and ignores SLACK_BOT_TOKEN, so every request fails; unset both",
+            True,
+        )
+    if present:
+        (other,) = set(OAUTH_VARIABLES) - set(present)
+        return (
+            f"{present[0]} is set: harmless alone, but with {other} also set Bolt would ignore "
+            "SLACK_BOT_TOKEN; unset it",
+            False,
+        )
+    return None

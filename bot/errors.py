@@ -91,7 +91,8 @@ def decode_error(
     Pure, like gidgethub's `decipher_response`: it takes the status, headers and body, not a
     client's response object, so modules that render errors never load an HTTP client. `reason`
     is the status line's phrase when the server sent one. Shapes, in the order the SDK's
-    DefaultExceptionHandler tries them (research/kps-api.md §3): flat `{"error_code","error_msg"}`
+    DefaultExceptionHandler tries them (../shared/research/kps-api.md §3): flat
+    `{"error_code","error_msg"}`
     (KPS, APIG.*/APIGW.* with `request_id`), nested `{"error": {...}}` (KMS on the same host),
     Keystone `{"error": {"code","message","title"}}` (IAM), camelCase variants; else the status
     and the start of the raw text.

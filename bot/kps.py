@@ -250,13 +250,14 @@ class KPSClient:
     ) -> Snapshot:
         """All running tasks, page by page until `total`, never the same task twice.
 
-        KPS pages by item offset (research/kps-api.md §2), so a task that ends mid-walk shifts the
-        rest left and one still running could be skipped. A walk therefore counts as complete only
-        when every page reported the same total and that many distinct tasks were seen (readable
-        or rejected); otherwise it is repeated, up to `attempts` times, and the last result is
-        returned marked incomplete. A walk reads at most `max_pages` pages each time and stops
-        after `time_limit` seconds (default `Deadlines.walk`); stopped early, it returns what it
-        read, incomplete, with `cut_short` saying which limit it met.
+        KPS pages by item offset (../shared/research/kps-api.md §2), so a task that ends
+        mid-walk shifts the rest left and one still running could be skipped. A walk therefore
+        counts as complete only when every page reported the same total and that many distinct
+        tasks were seen (readable or rejected); otherwise it is repeated, up to `attempts`
+        times, and the last result is returned marked incomplete. A walk reads at most
+        `max_pages` pages each time and stops after `time_limit` seconds (default
+        `Deadlines.walk`); stopped early, it returns what it read, incomplete, with `cut_short`
+        saying which limit it met.
         """
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")

@@ -19,6 +19,7 @@ class Listing:
     tasks: tuple[Task, ...]
     total: int
     ref: PageRef
+    rejected: int = 0  # task records KPS sent for this page that could not be read
 
 
 async def fetch_page(kps: KPSClient, ref: PageRef) -> Listing:
@@ -28,12 +29,14 @@ async def fetch_page(kps: KPSClient, ref: PageRef) -> Listing:
         found = filter_tasks(snapshot.tasks, ref.query)
         shown = clamp(ref, len(found))
         end = shown.offset + shown.page_size
-        return Listing(tuple(found[shown.offset : end]), len(found), shown)
+        # An unreadable record has no name to filter by: it is counted as left out of any page.
+        rejected = len(snapshot.rejected)
+        return Listing(tuple(found[shown.offset : end]), len(found), shown, rejected)
     page = await kps.list_running_tasks(ref.page_size, ref.offset)
     shown = clamp(ref, page.total)
     if shown != ref:
         page = await kps.list_running_tasks(shown.page_size, shown.offset)
-    return Listing(page.tasks[: shown.page_size], page.total, shown)
+    return Listing(page.tasks[: shown.page_size], page.total, shown, len(page.rejected))
 
 
 def clamp(ref: PageRef, total: int) -> PageRef:
@@ -56,16 +59,20 @@ def filter_tasks(tasks: Iterable[Task], query: str) -> list[Task]:
 
 @dataclass(frozen=True, slots=True)
 class Census:
-    """How many tasks run, how many of them are stale, and the oldest."""
+    """How many tasks run, how many of them are stale, how many wait queued, and the oldest."""
 
-    running: int
+    running: int  # started and not ended; queued tasks are counted apart
     stale: int
-    oldest: Task | None
+    oldest: Task | None  # the oldest running one; a queued task has not started
+    queued: int = 0
 
 
 def census(tasks: Sequence[Task], *, now: datetime, stale_after: timedelta) -> Census:
     """Counts for the Home tab, from one walk."""
-    stale = sum(1 for t in tasks if is_stale(t.started_at, now=now, stale_after=stale_after))
-    dated = [t for t in tasks if t.started_at is not None]
+    running = [t for t in tasks if not t.queued]
+    stale = sum(1 for t in running if is_stale(t, now=now, stale_after=stale_after))
+    dated = [t for t in running if t.started_at is not None]
     oldest = min(dated, key=task_order, default=None)
-    return Census(running=len(tasks), stale=stale, oldest=oldest)
+    return Census(
+        running=len(running), stale=stale, oldest=oldest, queued=len(tasks) - len(running)
+    )

@@ -43,8 +43,10 @@ from bot.blockkit import (
     plural,
     safe_text,
     section_block,
+    upstream_words,
     where_and_when,
 )
+from bot.logs import redact
 from bot.tasks import TaskStatus, operation_label, status_label
 
 ACTION_ACK: Final = "kps_stale_ack"
@@ -177,7 +179,9 @@ def _notice_blocks(
 
 def _title(total: int, running: int) -> str:
     if running == 0:
-        return f"Stale key-pair {plural(total, 'task')}: all finished"
+        return (
+            "Stale key-pair task: finished" if total == 1 else "Stale key-pair tasks: all finished"
+        )
     if total == 1:
         return ":hourglass: A key-pair task is stale"
     return f":hourglass: {total} key-pair tasks are stale"
@@ -185,13 +189,13 @@ def _title(total: int, running: int) -> str:
 
 def _summary(tasks: Sequence[Alert], ctx: ViewContext) -> str:
     total = len(tasks)
-    line = (
-        f"*{total}* key-pair {plural(total, 'task')} went stale:"
-        f" running *{format_duration(ctx.stale_after)}* or longer."
-    )
+    went = "A key-pair task" if total == 1 else f"*{total}* key-pair tasks"
+    line = f"{went} went stale: running *{format_duration(ctx.stale_after)}* or longer."
     done = [a for a in tasks if not a.running]
     if not done:
         return line
+    if total == 1:
+        return f"{line}\nIt {_one_ending(done[0])}."
     succeeded = sum(1 for a in done if _phase(a) == "SUCCESS")
     failed = sum(1 for a in done if _phase(a) == "FAILED")
     unknown = len(done) - succeeded - failed
@@ -202,8 +206,21 @@ def _summary(tasks: Sequence[Alert], ctx: ViewContext) -> str:
         parts.append(f"{failed} failed")
     if unknown:
         parts.append(f"{unknown} no longer running (outcome unknown)")
-    lead = f"All {total} finished" if len(done) == total else f"{len(done)} of {total} finished"
+    if len(done) < total:
+        lead = f"{len(done)} of {total} finished"
+    else:
+        lead = "Both finished" if total == 2 else f"All {total} finished"
     return f"{line}\n{lead}: {', '.join(parts)}."
+
+
+def _one_ending(alert: Alert) -> str:
+    """How the only task of a notice ended, after "It"."""
+    phase = _phase(alert)
+    if phase == "SUCCESS":
+        return "finished and succeeded"
+    if phase == "FAILED":
+        return "finished and failed"
+    return "is no longer running (outcome unknown)"
 
 
 def _status_line(state: NoticeState, ctx: ViewContext, running: int) -> str:
@@ -244,8 +261,12 @@ def build_detail_replies(tasks: Sequence[Alert], ctx: ViewContext) -> list[Messa
     return _pack(
         rest,
         ctx,
-        lambda first, last: f"Stale tasks {NOTICE_SHOWN + first}–{NOTICE_SHOWN + last} of {total}",
-        fallback=f"The other {len(rest)} stale key-pair tasks",
+        lambda first, last: f"Stale {_span(NOTICE_SHOWN + first, NOTICE_SHOWN + last, total)}",
+        fallback=(
+            "The other stale key-pair task"
+            if len(rest) == 1
+            else f"The other {len(rest)} stale key-pair tasks"
+        ),
     )
 
 
@@ -259,6 +280,8 @@ def build_ending_replies(ended: Sequence[Alert], ctx: ViewContext) -> list[Messa
             return "A stale task has ended"
         if first == 1 and last == count:
             return f"{count} stale tasks have ended"
+        if first == last:
+            return f"Stale task that ended ({first} of {count})"
         return f"Stale tasks that ended ({first}–{last} of {count})"
 
     fallback = _ending_fallback(tasks)
@@ -293,10 +316,8 @@ def build_notice_list(state: NoticeState, ctx: ViewContext, *, offset: int) -> M
     start = min(max(offset, 0), max(0, (total - 1) // LIST_PAGE * LIST_PAGE))
     page = tasks[start : start + LIST_PAGE]
     notice_id = state.notice.id
-    title = (
-        f"Stale tasks {start + 1}–{start + len(page)} of {total}"
-        f" from the notice of {format_date(state.notice.created_at)}"
-    )
+    span = _span(start + 1, start + len(page), total)
+    title = f"Stale {span} from the notice of {format_date(state.notice.created_at)}"
     buttons: list[Block] = []
     if start > 0:
         back = NoticeRef(notice_id, offset=max(0, start - LIST_PAGE), replace=True)
@@ -304,7 +325,7 @@ def build_notice_list(state: NoticeState, ctx: ViewContext, *, offset: int) -> M
     if start + len(page) < total:
         ahead = NoticeRef(notice_id, offset=start + LIST_PAGE, replace=True)
         buttons.append(button("Next →", ACTION_STALE_LIST, ahead))
-    text = f"Stale tasks {start + 1}–{start + len(page)} of {total}"
+    text = f"Stale {span}"
 
     def draw(clips: Clips) -> list[Block]:
         lines = [section_block(_task_line(a, ctx, clips)) for a in page]
@@ -334,19 +355,18 @@ def build_notices_off() -> Message:
 def build_impaired(state: WatchState, ctx: ViewContext, *, poll_interval: float) -> Message:
     """The one notice that watching is impaired: since when, why, and what that means."""
     since = state.failing_since or ctx.now
-    error = safe_text(state.last_error or "unknown error", 600) or "unknown error"
+    error = upstream_words(state.last_error or "unknown error") or "unknown error"
+    scans = f"{state.failures} {plural(state.failures, 'scan')}"
+    last = "The last scan" if state.failures == 1 else f"The last {scans}"
     lines = (
-        f":warning: *Watching for stale key-pair tasks is impaired.* The last {state.failures}"
-        f" scans of the running tasks failed (since {format_date(since)}).",
+        f":warning: *Watching for stale key-pair tasks is impaired.* {last} of the running"
+        f" tasks failed (since {format_date(since)}).",
         f"Last error: {error}",
         "Until a scan succeeds, new stale tasks are not announced and ended tasks are not"
         f" reported. The bot keeps trying every {_seconds(poll_interval)} and says here when"
         " watching works again.",
     )
-    text = clip(
-        f"Watching for stale key-pair tasks is impaired: {state.failures} scans failed",
-        FALLBACK_TEXT_MAX,
-    )
+    text = clip(f"Watching for stale key-pair tasks is impaired: {scans} failed", FALLBACK_TEXT_MAX)
     return Message(
         text=text,
         blocks=(section_block(lines[0]), section_block(lines[1]), context_block(lines[2])),
@@ -356,7 +376,7 @@ def build_impaired(state: WatchState, ctx: ViewContext, *, poll_interval: float)
 def build_recovered(state: WatchState, ctx: ViewContext) -> Message:
     """The one notice that watching works again, after how long."""
     since = state.failing_since
-    took = f" after {format_duration(ctx.now - since)}" if since is not None else ""
+    took = f" after {_took(ctx.now - since)}" if since is not None else ""
     words = (
         f":white_check_mark: *Watching for stale key-pair tasks works again*{took}."
         " Tasks that went stale meanwhile are announced now, and ended ones reported."
@@ -368,7 +388,8 @@ def build_recovered(state: WatchState, ctx: ViewContext) -> Message:
 def watch_problem(state: WatchState) -> str:
     """The Home tab's words for an impaired watcher (plain text; the Home tab escapes it)."""
     since = format_utc(state.failing_since) if state.failing_since else "recently"
-    error = (state.last_error or "unknown error")[:200]
+    # Redacted before it is cut, and so before the store keeps it: a cut secret goes unseen.
+    error = redact((state.last_error or "unknown error")[:20_000])[:200]
     return f"Watching for stale tasks is impaired since {since}: {error}"
 
 
@@ -478,6 +499,21 @@ def _pack(
 
 
 # --- small pieces ---------------------------------------------------------------------------------
+
+
+def _span(first: int, last: int, total: int) -> str:
+    """A range of tasks, "tasks 1–20 of 45", or "task 21 of 21" when it holds one."""
+    if first >= last:
+        return f"task {first} of {total}"
+    return f"tasks {first}–{last} of {total}"
+
+
+def _took(delta: timedelta) -> str:
+    """How long something took: seconds below a minute ("40 s"), else as `format_duration`."""
+    seconds = delta.total_seconds()
+    if seconds < 60:
+        return f"{max(1, int(seconds))} s"
+    return format_duration(delta)
 
 
 def _seconds(seconds: float) -> str:

@@ -21,6 +21,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.alerts import NoticeState
+from bot.blockkit import redact_payload
 from bot.store import POST, REPLY, UPDATE, OutboxItem, Store
 
 log = logging.getLogger(__name__)
@@ -213,6 +214,8 @@ class Outbox:
         if payload is None:
             await self._store.give_up(item, error="the notice is gone from the store")
             return Outcome.REFUSED
+        # Rows stored before redaction existed, or by another version, are redacted here too.
+        payload = redact_payload(payload)
         try:
             if item.kind == UPDATE:
                 response = await self._slack.chat_update(
@@ -227,7 +230,7 @@ class Outbox:
                     **payload,
                 )
         except SlackApiError as error:
-            return await self._not_accepted(item, *_read_refusal(error))
+            return await self._not_accepted(item, *read_refusal(error))
         except AttributeError:
             # slack_sdk (3.48) checks a 200 answer with `data.get("ok")`, so a text body or a
             # JSON array from a proxy raises AttributeError inside the client: no Slack answer.
@@ -319,7 +322,7 @@ def problem_key(channel: str) -> str:
     return f"slack:{channel}"
 
 
-def _read_refusal(error: SlackApiError) -> tuple[int | None, str | None, float | None, str]:
+def read_refusal(error: SlackApiError) -> tuple[int | None, str | None, float | None, str]:
     """Status, Slack error code, Retry-After and a short description, from any answer."""
     response: Any = error.response
     # slack_sdk hands over its own response, or aiohttp's when the body was not valid JSON.

@@ -15,7 +15,7 @@ import aiohttp
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
-from bot.blockkit import Message
+from bot.blockkit import Message, redact_payload
 from bot.gate import SLACK_HOOKS_ONLY, describe_url
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class Replies:
         """Send `message`; True when Slack accepted it.
 
         `replace_original` is always sent explicitly: legacy messages replaced by default and a
-        missing flag has surprised people before (research/slack-bolt.md §1).
+        missing flag has surprised people before (../shared/research/slack-bolt.md §1).
         """
         if not self._allowed(response_url):
             # The path is a credential for that reply: log where it pointed, not all of it.
@@ -65,6 +65,8 @@ class Replies:
         body = dict(message.as_payload())
         body["response_type"] = response_type
         body["replace_original"] = replace_original
+        # The last step before Slack: whatever built `message`, no secret leaves (issue 10).
+        body = redact_payload(body)
         try:
             response = await client.send_dict(body)
         except (aiohttp.ClientError, TimeoutError) as exc:

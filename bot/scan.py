@@ -139,6 +139,11 @@ class Scanner:
             return ScanResult(ok=False, error=str(error))
         tasks, rejected = usable(snapshot)
         self._tell_rejected(rejected)
+        # A recovering scan queues "works again" before its own notices, so the channel reads it
+        # first; any other counts its success only once all of it succeeded.
+        recovering = snapshot.complete and (await self._store.watch_state()).impaired
+        if recovering:
+            await self._succeeded(now)
         announced = await self._announce(tasks, now)
         if not snapshot.complete:
             # An ended task and a skipped one look the same in a partial list (kps.py), so a
@@ -157,7 +162,8 @@ class Scanner:
         # not be told it ended because the record stopped parsing.
         listed.update(record.task_id for record in rejected if record.task_id is not None)
         ended = await self._end(listed, now)
-        await self._succeeded(now)
+        if not recovering:
+            await self._succeeded(now)
         reminded = await self._remind(now)
         return ScanResult(
             ok=True,

@@ -16,7 +16,7 @@ _NOT_ENDED: Final = frozenset({"RUNNING", "READY"})
 
 def stale_tasks(tasks: Iterable[Task], *, now: datetime, stale_after: timedelta) -> list[Task]:
     """Tasks running at least `stale_after`, oldest first; a task without a start time is not."""
-    found = [task for task in tasks if is_stale(task.started_at, now=now, stale_after=stale_after)]
+    found = [task for task in tasks if is_stale(task, now=now, stale_after=stale_after)]
     return sorted(found, key=task_order)
 
 

@@ -12,19 +12,32 @@ can waste work but never duplicate a notice, a thread reply or an impaired notic
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from contextlib import asynccontextmanager
+import os
+import re
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from pathlib import Path
+from typing import Any, Concatenate, Final, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import RowMapping, make_url
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import URL, RowMapping, make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.alerts import Alert, Ending, Notice, NoticeState, WatchState
@@ -38,6 +51,22 @@ _IN_CHUNK: Final = 500  # ids per IN (...) list: SQLite allows 32k variables, as
 _WATCH_ID: Final = 1
 _LEASE_NAME: Final = "watcher"
 
+# The deadline of one Store call, whatever it waits for. Healthy calls take milliseconds (a few
+# statements, no Slack or KPS call inside a transaction); a click is answered through its
+# response_url, so the 3 s ack does not bind it. A store that needs longer is in trouble: the
+# caller hears so at once (the watcher counts a failed step, a click asks to try again) instead of
+# hanging as long as TCP takes to give up (150 s seen with a partitioned PostgreSQL).
+STORE_TIMEOUT: Final = 5.0
+# Each single wait inside a call (a connect, one statement, SQLite's lock) gives up a little sooner,
+# so the driver's own error, which names the cause, usually arrives before the overall deadline.
+_WAIT_SHARE: Final = 0.8
+_MIGRATE_SHARE: Final = 6  # migrate() makes a dozen statements, once per start: 30 s by default
+# A transaction idle this long belongs to a client that is gone (a partition): PostgreSQL ends it,
+# so its locks do not hold the other replicas up. Ours never wait on anything inside one.
+_IDLE_IN_TRANSACTION_MS: Final = 30_000
+_DRIVERS: Final = frozenset({"asyncpg", "aiosqlite", "sqlite3"})
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
+
 NOTICE_STALE: Final = "stale"
 NOTICE_IMPAIRED: Final = "impaired"
 NOTICE_RECOVERED: Final = "recovered"
@@ -47,6 +76,28 @@ UPDATE: Final = "update"
 _PENDING: Final = "pending"
 _SENT: Final = "sent"
 _DEAD: Final = "dead"
+
+
+def storable(value: str) -> str:
+    """`value` as every backend can hold it: NULs dropped, lone surrogates made U+FFFD.
+
+    PostgreSQL refuses NUL in text, and a lone surrogate (KPS JSON may carry "\\ud800") cannot
+    be encoded as UTF-8 by either driver; either would fail the whole write, every scan.
+    """
+    if "\x00" in value:
+        value = value.replace("\x00", "")
+    return _SURROGATES.sub("\ufffd", value)
+
+
+class _Text(sa.types.TypeDecorator[str]):
+    """Text that is made storable on the way in: the one place every written value passes."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: str | None, dialect: sa.Dialect) -> str | None:
+        return None if value is None else storable(value)
+
 
 metadata = sa.MetaData()
 
@@ -61,13 +112,13 @@ notices = sa.Table(
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("kind", sa.String(16), nullable=False),
-    sa.Column("channel", sa.Text, nullable=False),
-    sa.Column("ts", sa.Text),  # Slack's id of the message, known once chat.postMessage succeeded
+    sa.Column("channel", _Text, nullable=False),
+    sa.Column("ts", _Text),  # Slack's id of the message, known once chat.postMessage succeeded
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("posted_at", sa.Float),
-    sa.Column("acked_by", sa.Text),
+    sa.Column("acked_by", _Text),
     sa.Column("acked_at", sa.Float),
-    sa.Column("snoozed_by", sa.Text),
+    sa.Column("snoozed_by", _Text),
     sa.Column("snoozed_until", sa.Float),
     sa.Column("reminded_at", sa.Float),
 )
@@ -76,18 +127,18 @@ alerts = sa.Table(
     "kps_alerts",
     metadata,
     # The primary key is what makes "announced once" hold across scans, restarts and replicas.
-    sa.Column("task_id", sa.Text, primary_key=True),
+    sa.Column("task_id", _Text, primary_key=True),
     sa.Column("notice_id", sa.Integer, sa.ForeignKey("kps_notices.id"), nullable=False),
-    sa.Column("server_name", sa.Text, nullable=False),
-    sa.Column("server_id", sa.Text, nullable=False),
-    sa.Column("keypair_name", sa.Text, nullable=False),
-    sa.Column("operate_type", sa.Text, nullable=False),
+    sa.Column("server_name", _Text, nullable=False),
+    sa.Column("server_id", _Text, nullable=False),
+    sa.Column("keypair_name", _Text, nullable=False),
+    sa.Column("operate_type", _Text, nullable=False),
     sa.Column("started_at", sa.Float),
     sa.Column("announced_at", sa.Float, nullable=False),
     sa.Column("finished_at", sa.Float),  # NULL while the task runs
-    sa.Column("outcome", sa.Text),  # KPS task_status, e.g. SUCCESS_RESET; NULL: unknown
-    sa.Column("error_code", sa.Text),
-    sa.Column("error_msg", sa.Text),
+    sa.Column("outcome", _Text),  # KPS task_status, e.g. SUCCESS_RESET; NULL: unknown
+    sa.Column("error_code", _Text),
+    sa.Column("error_msg", _Text),
     sa.Column("missing_since", sa.Float),  # first complete scan without it, while KPS says running
     sa.Index("kps_alerts_notice", "notice_id"),
     sa.Index("kps_alerts_finished", "finished_at"),
@@ -99,15 +150,15 @@ outbox = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
     sa.Column("notice_id", sa.Integer, sa.ForeignKey("kps_notices.id"), nullable=False),
     sa.Column("kind", sa.String(8), nullable=False),  # post, reply or update
-    sa.Column("body", sa.Text),  # JSON text+blocks; NULL: render the notice when sending
+    sa.Column("body", _Text),  # JSON text+blocks; NULL: render the notice when sending
     sa.Column("state", sa.String(8), nullable=False),  # pending, sent or dead
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("due_at", sa.Float, nullable=False),
     sa.Column("attempts", sa.Integer, nullable=False),
-    sa.Column("claimed_by", sa.Text),
+    sa.Column("claimed_by", _Text),
     sa.Column("claimed_until", sa.Float),
     sa.Column("sent_at", sa.Float),
-    sa.Column("last_error", sa.Text),
+    sa.Column("last_error", _Text),
     sa.Index("kps_outbox_state", "state", "id"),
     sa.Index("kps_outbox_notice", "notice_id"),
 )
@@ -115,8 +166,8 @@ outbox = sa.Table(
 lease = sa.Table(
     "kps_lease",
     metadata,
-    sa.Column("name", sa.Text, primary_key=True),
-    sa.Column("holder", sa.Text, nullable=False),
+    sa.Column("name", _Text, primary_key=True),
+    sa.Column("holder", _Text, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),
     sa.Column("acquired_at", sa.Float, nullable=False),
 )
@@ -127,7 +178,7 @@ watch = sa.Table(
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("failures", sa.Integer, nullable=False),
     sa.Column("failing_since", sa.Float),
-    sa.Column("last_error", sa.Text),
+    sa.Column("last_error", _Text),
     sa.Column("impaired", sa.Boolean, nullable=False),
     sa.Column("last_ok_at", sa.Float),
 )
@@ -135,8 +186,8 @@ watch = sa.Table(
 problems = sa.Table(
     "kps_problems",
     metadata,
-    sa.Column("key", sa.Text, primary_key=True),
-    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("key", _Text, primary_key=True),
+    sa.Column("text", _Text, nullable=False),
     sa.Column("since", sa.Float, nullable=False),
 )
 
@@ -145,7 +196,16 @@ _MIGRATIONS: Final[Mapping[int, Any]] = {}
 
 
 class StoreError(Exception):
-    """The state store cannot be used as it is (for example its schema is too new)."""
+    """The state store cannot be used now: unreachable, failing, too slow, closed, or too new.
+
+    The one error every Store method raises for store trouble; its message names the backend,
+    the call and the driver's own words, never the URL (it may carry a password). `cause` is
+    the driver error's type name, safe to show where only a type may go.
+    """
+
+    def __init__(self, message: str, *, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,28 +223,80 @@ class OutboxItem:
     notice_kind: str
 
 
-class Store:
-    """The one interface to alert state; `open()` it, `migrate()` at start, `close()` at exit."""
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
-    def __init__(self, engine: AsyncEngine) -> None:
+
+def _guarded(
+    method: Callable[Concatenate[Store, _P], Coroutine[Any, Any, _T]],
+) -> Callable[Concatenate[Store, _P], Coroutine[Any, Any, _T]]:
+    """A public Store call: refused after close(), bounded in time, its failures a StoreError."""
+
+    @functools.wraps(method)
+    async def guarded(self: Store, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        return await self._run(method.__name__, lambda: method(self, *args, **kwargs))
+
+    return guarded
+
+
+class Store:
+    """The one interface to alert state; `open()` it, `migrate()` at start, `close()` at exit.
+
+    Every public call is guarded (`_guarded`): it ends within `timeout` seconds, store trouble
+    comes out as `StoreError`, and a call after `close()` fails where it happens.
+    """
+
+    def __init__(
+        self, engine: AsyncEngine, *, timeout: float = STORE_TIMEOUT, path: Path | None = None
+    ) -> None:
         self._engine = engine
         self._postgres = engine.dialect.name == "postgresql"
+        self._timeout = timeout
+        self._password = engine.url.password
+        self._closed = False
+        self._schema_lost = False  # a call found no table: the next one re-creates the schema
+        self._path = path  # a SQLite file, followed in case it is deleted or replaced
+        self._file: tuple[int, int] | None = None  # (device, inode) of that file when last seen
+        self._file_lock = asyncio.Lock()
+        self._busy = 0  # calls under way; close() lets them end before it closes the pool
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def __repr__(self) -> str:
         # The URL may carry a password: name the backend only.
         return f"Store({self._engine.dialect.name})"
 
     @classmethod
-    def open(cls, url: str) -> Store:
-        """A store for `url` (sqlite+aiosqlite:/// or postgresql+asyncpg://); connects lazily."""
-        parsed = make_url(url)
+    def open(cls, url: str, *, timeout: float = STORE_TIMEOUT) -> Store:
+        """A store for `url` (sqlite+aiosqlite:/// or postgresql+asyncpg://); connects lazily.
+
+        `timeout`: the deadline of each call, in seconds (STORE_TIMEOUT says why 5 s).
+        """
+        try:
+            parsed = make_url(url)
+        except (ArgumentError, ValueError) as error:
+            # SQLAlchemy's message may quote the URL, password and all.
+            raise StoreError("STATE_URL is not a database URL SQLAlchemy can read") from error
+        wait = timeout * _WAIT_SHARE
         if parsed.get_backend_name() == "sqlite":
-            # A 30 s busy timeout: a click and the watcher may write at the same moment.
-            engine = create_async_engine(parsed, connect_args={"timeout": 30})
+            # The busy timeout: a click and the watcher may write at the same moment; one waits.
+            engine = create_async_engine(parsed, connect_args={"timeout": wait})
             _serialise_sqlite(engine)
-        else:
-            engine = create_async_engine(parsed, pool_pre_ping=True, pool_size=5)
-        return cls(engine)
+            return cls(engine, timeout=timeout, path=_sqlite_file(parsed))
+        engine = create_async_engine(
+            parsed,
+            pool_pre_ping=True,
+            pool_size=5,
+            connect_args={
+                "timeout": wait,  # connecting, TLS and login included
+                "command_timeout": wait,  # each statement, as the client sees it (partitions)
+                "server_settings": {
+                    "statement_timeout": str(int(wait * 1000)),  # and as the server sees it
+                    "idle_in_transaction_session_timeout": str(_IDLE_IN_TRANSACTION_MS),
+                },
+            },
+        )
+        return cls(engine, timeout=timeout)
 
     @property
     def backend(self) -> str:
@@ -192,11 +304,30 @@ class Store:
         return str(self._engine.dialect.name)
 
     async def close(self) -> None:
-        """Close every pooled connection."""
+        """Close the pool once calls under way have ended; any later call raises StoreError."""
+        self._closed = True
+        # A connection still checked out when the pool is closed goes back to a pool nobody
+        # closes: aiosqlite then warns of it when it is collected. Each call ends by its deadline.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), self._timeout * _MIGRATE_SHARE)
         await self._engine.dispose()
+
+    @_guarded
+    async def ping(self) -> None:
+        """One read of the lease table (a readiness probe); StoreError when it cannot answer.
+
+        A table, not `SELECT 1`: a database that answers but has lost the bot's tables, or locks
+        them, is no more use to the bot than one that does not answer.
+        """
+        async with self._engine.connect() as conn:
+            await conn.execute(sa.select(lease.c.name).limit(1))
 
     async def migrate(self) -> None:
         """Create the schema, or bring an older one up to SCHEMA_VERSION; safe to race."""
+        # Once per start, and possibly behind another replica's migration: more time than a call.
+        await self._run("migrate", self._migrate, deadline=self._timeout * _MIGRATE_SHARE)
+
+    async def _migrate(self) -> None:
         async with self._begin() as conn:
             if self._postgres:
                 # Two replicas starting together would both run CREATE TABLE; one waits here.
@@ -221,6 +352,7 @@ class Store:
 
     # -- lease --------------------------------------------------------------------------------
 
+    @_guarded
     async def acquire_lease(self, holder: str, *, ttl: float, now: datetime) -> bool:
         """Take or renew the watcher lease; True while `holder` has it."""
         at = _ts(now)
@@ -244,6 +376,7 @@ class Store:
             row = (await conn.execute(statement)).first()
         return row is not None and row[0] == holder
 
+    @_guarded
     async def release_lease(self, holder: str) -> None:
         """Give the lease up at once, so another replica need not wait for it to expire."""
         async with self._begin() as conn:
@@ -251,6 +384,7 @@ class Store:
                 lease.delete().where(lease.c.name == _LEASE_NAME, lease.c.holder == holder)
             )
 
+    @_guarded
     async def lease_holder(self, *, now: datetime) -> str | None:
         """Who holds an unexpired lease, if anyone."""
         async with self._engine.connect() as conn:
@@ -265,6 +399,7 @@ class Store:
 
     # -- announcing ---------------------------------------------------------------------------
 
+    @_guarded
     async def announced(self, task_ids: Iterable[str]) -> set[str]:
         """Which of these tasks were announced already, running or not."""
         ids = list(dict.fromkeys(task_ids))
@@ -277,6 +412,7 @@ class Store:
                 found.update(str(r[0]) for r in rows)
         return found
 
+    @_guarded
     async def announce(
         self,
         *,
@@ -322,17 +458,20 @@ class Store:
 
     # -- reading ------------------------------------------------------------------------------
 
+    @_guarded
     async def open_alerts(self) -> list[Alert]:
         """Every announced task not yet known to have ended."""
         async with self._engine.connect() as conn:
             rows = await conn.execute(sa.select(alerts).where(alerts.c.finished_at.is_(None)))
             return [_alert(r._mapping) for r in rows]
 
+    @_guarded
     async def notice_state(self, notice_id: int) -> NoticeState | None:
         """A notice with all its tasks; None when unknown (or pruned)."""
         async with self._engine.connect() as conn:
             return await self._notice_state(conn, notice_id)
 
+    @_guarded
     async def reminder_candidates(self) -> list[NoticeState]:
         """Posted stale notices that still have running tasks."""
         running = (
@@ -361,6 +500,7 @@ class Store:
 
     # -- endings ------------------------------------------------------------------------------
 
+    @_guarded
     async def record_endings(
         self,
         endings: Sequence[Ending],
@@ -427,6 +567,7 @@ class Store:
 
     # -- reminders, acknowledge, snooze -------------------------------------------------------
 
+    @_guarded
     async def remind(
         self, notice_id: int, *, due_before: datetime, now: datetime, body: Mapping[str, Any]
     ) -> bool:
@@ -448,6 +589,7 @@ class Store:
             await self._enqueue(conn, notice_id, REPLY, body, at)
         return True
 
+    @_guarded
     async def acknowledge(self, notice_id: int, user: str, *, now: datetime) -> NoticeState | None:
         """Record who acknowledged first and when; queue a notice update. None: unknown notice."""
         at = _ts(now)
@@ -459,6 +601,7 @@ class Store:
             )
             return await self._touched(conn, notice_id, at)
 
+    @_guarded
     async def snooze(
         self, notice_id: int, user: str, *, until: datetime, now: datetime
     ) -> NoticeState | None:
@@ -474,6 +617,7 @@ class Store:
 
     # -- outbox -------------------------------------------------------------------------------
 
+    @_guarded
     async def pending(self, *, limit: int = 200) -> list[OutboxItem]:
         """The oldest pending outbox rows, due or not, with where their notice is."""
         query = (
@@ -500,6 +644,7 @@ class Store:
                 for m in (r._mapping for r in rows)
             ]
 
+    @_guarded
     async def claim(self, item_id: int, holder: str, *, now: datetime, ttl: float) -> bool:
         """Take one row for sending; False when it was sent or another process holds it."""
         at = _ts(now)
@@ -519,6 +664,7 @@ class Store:
             )
         return bool(done.rowcount == 1)
 
+    @_guarded
     async def mark_sent(
         self, item: OutboxItem, *, now: datetime, ts: str | None, channel: str | None
     ) -> None:
@@ -537,6 +683,7 @@ class Store:
                     .values(ts=ts, channel=channel or item.channel, posted_at=at)
                 )
 
+    @_guarded
     async def defer(self, item: OutboxItem, *, until: datetime, error: str) -> None:
         """Slack failed; try the row again at `until`."""
         async with self._begin() as conn:
@@ -552,6 +699,7 @@ class Store:
                 )
             )
 
+    @_guarded
     async def give_up(self, item: OutboxItem, *, error: str) -> None:
         """Slack refused the row for good; a refused post takes its thread rows with it."""
         async with self._begin() as conn:
@@ -569,25 +717,28 @@ class Store:
 
     # -- the watcher's health -----------------------------------------------------------------
 
+    @_guarded
     async def watch_state(self) -> WatchState:
         """The current failure streak."""
         async with self._engine.connect() as conn:
             return await self._watch(conn)
 
-    async def count_failure(self, *, now: datetime, error: str) -> WatchState:
-        """One more failed scan in a row; the streak after it."""
+    @_guarded
+    async def count_failure(self, *, now: datetime, error: str, count: int = 1) -> WatchState:
+        """`count` more failed scans in a row (the first at `now`); the streak after them."""
         async with self._begin() as conn:
             await conn.execute(
                 watch.update()
                 .where(watch.c.id == _WATCH_ID)
                 .values(
-                    failures=watch.c.failures + 1,
+                    failures=watch.c.failures + count,
                     failing_since=sa.func.coalesce(watch.c.failing_since, _ts(now)),
                     last_error=error[:1000],
                 )
             )
             return await self._watch(conn)
 
+    @_guarded
     async def count_success(self, *, now: datetime) -> WatchState:
         """A complete scan: the streak ends; returns the state from before it ended."""
         async with self._begin() as conn:
@@ -599,6 +750,7 @@ class Store:
             )
             return before
 
+    @_guarded
     async def mark_impaired(
         self, *, channel: str, now: datetime, body: Mapping[str, Any], problem: str
     ) -> bool:
@@ -617,6 +769,7 @@ class Store:
             await self._put_problem(conn, "watch", problem, at)
         return True
 
+    @_guarded
     async def mark_recovered(self, *, channel: str, now: datetime, body: Mapping[str, Any]) -> bool:
         """Queue the one recovered notice and clear the Home tab problem (CAS)."""
         at = _ts(now)
@@ -635,17 +788,20 @@ class Store:
 
     # -- problems -----------------------------------------------------------------------------
 
+    @_guarded
     async def set_problem(self, key: str, text: str, *, now: datetime) -> bool:
         """Record a problem for the Home tab; True only the first time (so it is logged once)."""
         async with self._begin() as conn:
             return await self._put_problem(conn, key, text, _ts(now))
 
+    @_guarded
     async def clear_problem(self, key: str) -> bool:
         """Forget a problem that went away; True if there was one."""
         async with self._begin() as conn:
             done = await conn.execute(problems.delete().where(problems.c.key == key))
         return bool(done.rowcount)
 
+    @_guarded
     async def problems(self) -> list[str]:
         """What the Home tab lists under Problems, oldest first."""
         async with self._engine.connect() as conn:
@@ -656,6 +812,7 @@ class Store:
 
     # -- housekeeping -------------------------------------------------------------------------
 
+    @_guarded
     async def prune(self, *, before: datetime) -> int:
         """Drop sent outbox rows, and notices whose tasks all ended, older than `before`."""
         cut = _ts(before)
@@ -681,7 +838,106 @@ class Store:
 
     # -- internals ----------------------------------------------------------------------------
 
-    @asynccontextmanager
+    async def _run(
+        self, name: str, call: Callable[[], Awaitable[_T]], *, deadline: float | None = None
+    ) -> _T:
+        if self._closed:
+            # A leaked or late caller fails here, with its own traceback, instead of opening a
+            # connection nobody closes.
+            raise StoreError(f"the state store was used after it was closed ({name})")
+        self._busy += 1
+        self._idle.clear()
+        try:
+            return await self._bounded(name, call, deadline or self._timeout)
+        finally:
+            self._busy -= 1
+            if not self._busy:
+                self._idle.set()
+
+    async def _bounded(self, name: str, call: Callable[[], Awaitable[_T]], deadline: float) -> _T:
+        try:
+            async with asyncio.timeout(deadline):
+                await self._follow_file()
+                if self._schema_lost:
+                    await self._migrate()
+                    self._schema_lost = False
+                    log.warning("the state store's tables were gone; created them again")
+                return await call()
+        except StoreError:
+            raise
+        except TimeoutError as error:
+            raise StoreError(
+                f"the state store ({self.backend}) did not answer within {deadline:g} s ({name})",
+                cause="TimeoutError",
+            ) from error
+        except Exception as error:
+            if not _is_store_trouble(error):
+                raise  # a bug: up whole, with its own type
+            cause = _driver_error(error)
+            words = self._scrub(str(cause))[:300]
+            if _is_schema_gone(words):
+                self._schema_lost = True
+            kind = type(cause).__name__
+            raise StoreError(
+                f"the state store ({self.backend}) failed ({name}): {kind}: {words}",
+                cause=kind,
+            ) from error
+
+    def _scrub(self, text: str) -> str:
+        # Drivers do not echo the password, but a URL in a message would carry it.
+        return text.replace(self._password, "***") if self._password else text
+
+    async def _follow_file(self) -> None:
+        """Notice a SQLite file deleted or replaced under the running bot, and recover.
+
+        The pool keeps connections open, and an open connection goes on reading a deleted file
+        while every write fails ("attempt to write a readonly database": SQLite's
+        READONLY_DBMOVED), for good; the next start then found an empty file (a task announced
+        again, an ending never told). So the deleted file is written back from such a
+        connection, and a replaced one is adopted. A call under way in that instant may still
+        fail once; the next one works on the file at the path.
+        """
+        if self._path is None:
+            return
+        seen = _identity(self._path)
+        if self._file is None or seen == self._file:
+            self._file = seen or self._file
+            return
+        async with self._file_lock:
+            seen = _identity(self._path)
+            if seen == self._file:
+                return  # another call recovered it meanwhile
+            if seen is None and await self._restore_file():
+                log.error(
+                    "the state file %s was deleted while the bot ran; written back from the open"
+                    " connection, nothing lost",
+                    self._path,
+                )
+            elif seen is None:
+                log.error(
+                    "the state file %s was deleted while the bot ran; starting an empty one:"
+                    " tasks announced before may be announced again",
+                    self._path,
+                )
+            else:
+                log.warning("the state file %s was replaced; using the new one", self._path)
+            await self._engine.dispose()  # every connection opens the file now at the path
+            await self._migrate()
+            self._file = _identity(self._path)
+
+    async def _restore_file(self) -> bool:
+        pool: Any = self._engine.pool
+        if not pool.checkedin():
+            return False  # no open connection left: the deleted file's data is gone
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            # Outside any transaction (VACUUM refuses to run in one), so below SQLAlchemy.
+            driver: Any = raw.driver_connection
+            cursor = await driver.execute("VACUUM INTO ?", (str(self._path),))
+            await cursor.close()
+        return True
+
+    @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
         async with self._engine.begin() as conn:
             yield conn
@@ -804,6 +1060,39 @@ def _serialise_sqlite(engine: AsyncEngine) -> None:
     @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _sqlite_file(url: URL) -> Path | None:
+    database = url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database).resolve()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return found.st_dev, found.st_ino
+
+
+def _is_store_trouble(error: BaseException) -> bool:
+    """Errors of the database or the way to it, as opposed to a bug in the bot."""
+    if isinstance(error, SQLAlchemyError | OSError):
+        return True
+    return type(error).__module__.split(".")[0] in _DRIVERS
+
+
+def _driver_error(error: BaseException) -> BaseException:
+    # SQLAlchemy's own message appends the statement and its parameters (task names, notice
+    # bodies): the driver's error alone says what went wrong.
+    orig = getattr(error, "orig", None)
+    return orig if isinstance(orig, BaseException) else error
+
+
+def _is_schema_gone(words: str) -> bool:
+    return "no such table" in words or "UndefinedTable" in words
 
 
 def _chunks(items: Sequence[str] | Sequence[int]) -> Iterable[list[Any]]:

@@ -10,7 +10,7 @@ from typing import Final
 # The running-tasks page lists FAILED_RESET/FAILED_REPLACE/FAILED_UNBIND, its own example shows
 # RUNNING_RESET, Terraform documents a bare RUNNING, and the task-status API uses
 # {READY|RUNNING|FAILED|SUCCESS}_{RESET|REPLACE|UNBIND|BIND}. So the value stays an open string and
-# only the known pattern gets words (research/kps-api.md §2).
+# only the known pattern gets words (../shared/research/kps-api.md §2).
 _PATTERN = re.compile(r"^(READY|RUNNING|FAILED|SUCCESS)_(RESET|REPLACE|UNBIND|BIND)$")
 _ACTIONS = {
     "RESET": "Reset key pair",
@@ -33,6 +33,11 @@ class Task:
     server_name: str
     server_id: str
     keypair_name: str
+
+    @property
+    def queued(self) -> bool:
+        """True for a READY_x task: KPS lists it under running-tasks, but it waits to start."""
+        return phase(self.operate_type) == "READY"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +83,13 @@ class TaskStatus:
     @property
     def phase(self) -> str | None:
         """READY, RUNNING, FAILED or SUCCESS; None when the value is not in the known pattern."""
-        match = _PATTERN.match(self.task_status)
-        return match.group(1) if match else None
+        return phase(self.task_status)
+
+
+def phase(value: str) -> str | None:
+    """READY, RUNNING, FAILED or SUCCESS from a status or operate_type; None when unknown."""
+    match = _PATTERN.match(value)
+    return match.group(1) if match else None
 
 
 def operation_label(operate_type: str) -> str:
@@ -126,8 +136,14 @@ def elapsed(started_at: datetime | None, now: datetime) -> timedelta | None:
     return max(age, timedelta(0))
 
 
-def is_stale(started_at: datetime | None, *, now: datetime, stale_after: timedelta) -> bool:
-    """True when a task has run `stale_after` or longer; a task without a usable start is not."""
+def is_stale(task: Task, *, now: datetime, stale_after: timedelta) -> bool:
+    """True when a task has run `stale_after` or longer.
+
+    A task without a usable start is not stale, and neither is a queued (READY_x) one: it has
+    not started, so its wait says nothing of a stuck key-pair operation.
+    """
     # The one rule the watcher, the pages and the Home tab apply, so they never disagree.
-    age = elapsed(started_at, now)
+    if task.queued:
+        return False
+    age = elapsed(task.started_at, now)
     return age is not None and age >= stale_after

@@ -27,7 +27,7 @@ from bot.kps import KPSClient
 from bot.outbox import Delivery, Outbox
 from bot.scan import Notices, ScanLimits, Scanner, ScanResult
 from bot.stale import lease_ttl as default_lease_ttl
-from bot.store import Store
+from bot.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ class Watcher:
         self._next_scan = 0.0
         self._step_failures = 0  # steps that raised, in a row
         self._step_error: str | None = None
+        # Failed steps the store could not count (it was the thing failing): how many, since when.
+        self._uncounted = 0
+        self._uncounted_since: datetime | None = None
 
     def __repr__(self) -> str:
         return f"Watcher(channel={self._channel!r}, holder={self.holder!r}, role={self.role!r})"
@@ -166,6 +169,7 @@ class Watcher:
         loop = asyncio.get_running_loop()
         if not await self.hold_lease():
             return min(self._poll, self._ttl / 3)
+        await self._count_late()
         async with self._keepalive():
             if loop.time() >= self._next_scan:
                 self._next_scan = loop.time() + self._poll
@@ -203,15 +207,38 @@ class Watcher:
         # Only the type reaches the store and Slack; the message may hold data from anywhere.
         self._step_failures += 1
         self._step_error = type(error).__name__
+        if isinstance(error, StoreError) and error.cause:
+            self._step_error += f": {error.cause}"
         if self.role != "leader":
             return  # a standby's failure is its own: /healthz shows it, the channel need not
+        now, why = self._clock(), f"the watcher failed ({self._step_error})"
         try:
-            await self._scanner.failed(self._clock(), f"the watcher failed ({self._step_error})")
+            await self._scanner.failed(now, why)
+        except Exception:  # most likely the same lost database: /healthz still says it
+            log.warning("could not count the failed step; counting it once the store answers")
+            self._uncounted += 1
+            self._uncounted_since = self._uncounted_since or now
+            return
+        try:
             # The step may fail before delivery on every poll: what waits goes out regardless,
             # the impaired notice among it.
             await self._outbox.deliver()
-        except Exception:  # most likely the same lost database: /healthz still says it
-            log.warning("could not count the failed step or deliver after it", exc_info=True)
+        except Exception:
+            log.warning("could not deliver after the failed step", exc_info=True)
+
+    async def _count_late(self) -> None:
+        # The store is back: the steps it could not count go into the streak now, so a long
+        # outage still gets its impaired notice (then, as this step succeeds, the recovered one)
+        # instead of passing unseen by the channel.
+        if not self._uncounted or self._uncounted_since is None:
+            return
+        why = f"the watcher failed ({self._step_error or 'StoreError'})"
+        if self._uncounted > 1:
+            await self._store.count_failure(
+                now=self._uncounted_since, error=why, count=self._uncounted - 1
+            )
+        await self._scanner.failed(self._clock(), why)
+        self._uncounted, self._uncounted_since = 0, None
 
     @contextlib.asynccontextmanager
     async def _keepalive(self) -> AsyncIterator[None]:

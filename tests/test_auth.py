@@ -75,7 +75,8 @@ def _iam_app(cloud: Cloud) -> web.Application:
             )
         body = json.loads(await request.text())
         if body["auth"]["identity"]["password"]["user"]["password"] != PASSWORD:
-            # Keystone's shape, as IAM sends it for a wrong password (research/kps-api.md §3.1).
+            # Keystone's shape, as IAM sends it for a wrong password
+            # (../shared/research/kps-api.md §3.1).
             return web.json_response(
                 {
                     "error": {

@@ -29,6 +29,7 @@ from bot.blocks import (
     ACTION_REFRESH,
     ACTION_RETRY,
     ACTION_SHARE,
+    HOME_NOTE_BLOCK,
     MAX_QUERY_CHARS,
     PAGING_ACTIONS,
     HomeSummary,
@@ -36,11 +37,24 @@ from bot.blocks import (
     build_error,
     build_help,
     build_home,
+    build_home_note,
     build_line,
+    build_loading,
     build_page,
     build_usage_error,
+    list_not_sent_note,
+    list_sent_note,
 )
-from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
+from bot.errors import (
+    KPSAPIError,
+    KPSBadResponse,
+    KPSConnectionError,
+    KPSError,
+    KPSResponseTooLarge,
+    KPSThrottled,
+    KPSTimeout,
+)
+from bot.logs import REDACTED, register_secret
 from bot.tasks import Task
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -54,6 +68,10 @@ _DATE_TOKEN = re.compile(
     r"<!date\^\d+\^\{date_short_pretty\} \{time\}\|\d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC>"
 )
 _MENTION = re.compile(r"<@[UW][A-Z0-9]+>")
+# The Home note's link to the bot's Messages tab (Slack's documented deep link).
+_DEEP_LINK = re.compile(
+    r"<slack://app\?team=T[A-Z0-9]+&amp;id=A[A-Z0-9]+&amp;tab=messages\|Messages tab>"
+)
 _ENTITY = re.compile(r"&(?:amp|lt|gt);")
 
 
@@ -72,7 +90,7 @@ def text_values(node: Any) -> Iterator[str]:
 
 def assert_escaped(text: str) -> None:
     """No `<`, `>` or `&` survives except the bot's own tokens and the three entities."""
-    rest = _ENTITY.sub("", _MENTION.sub("", _DATE_TOKEN.sub("", text)))
+    rest = _ENTITY.sub("", _MENTION.sub("", _DEEP_LINK.sub("", _DATE_TOKEN.sub("", text))))
     assert not re.search(r"[<>&]", rest), f"unescaped markup in {text[:200]!r}"
 
 
@@ -232,9 +250,55 @@ def test_last_page_has_no_next() -> None:
 def test_single_task_page() -> None:
     message = page(0, 1, 1)
     assert_valid_message(message)
-    assert "1–1 of 1" in all_text(message)
-    assert message.text == "Running key-pair tasks: 1–1 of 1"
+    assert message.blocks[1]["text"]["text"] == "Showing the only running task"
+    assert message.text == "Running key-pair tasks: task 1 of 1"
+    assert "1–1" not in all_text(message)
     assert list(buttons(message)) == [ACTION_REFRESH, ACTION_SHARE]
+
+
+def test_a_page_of_one_task_names_it_as_a_person_would() -> None:
+    # Issue 10: "Showing 41–41 of 41" on the last page, "1 running tasks" for a filter of one.
+    last = page(40, 1, 41)
+    assert_valid_message(last)
+    assert last.blocks[1]["text"]["text"] == "Showing task *41* of the *41* running tasks"
+    assert last.text == "Running key-pair tasks: task 41 of 41"
+    assert "41–41" not in all_text(last)
+    only = page(0, 1, 1, query="web")
+    assert only.blocks[1]["text"]["text"] == 'Showing the only task matching "web"'
+    gone = build_page([], total=1, ref=PageRef(offset=10), ctx=context())
+    assert "1 running task in all" in all_text(gone)
+
+
+def test_a_queued_task_is_shown_queued_never_stale_and_counted_on_the_page() -> None:
+    # Issue 10: a READY_x task waiting 26 min read "running 26 min" (and, past the threshold,
+    # "stale"); it has not started.
+    waiting = task(1, operate_type="READY_RESET", started_at=NOW - timedelta(minutes=45))
+    running = task(2, started_at=NOW - timedelta(minutes=40))
+    message = build_page([waiting, running], total=2, ref=PageRef(), ctx=context())
+    assert_valid_message(message)
+    header = message.blocks[1]["text"]["text"]
+    assert (
+        header == "Showing *1–2 of 2* running tasks · *1* on this page is queued, not started yet"
+    )
+    lines = [t for t in text_values(list(message.blocks)) if t.startswith("*web-")]
+    assert "Reset key pair · *queued* <!date^" in lines[0]
+    assert "waiting 45 min to start" in lines[0]
+    assert "running" not in lines[0] and "stale" not in lines[0]
+    assert "running 40 min · :warning: *stale*" in lines[1]
+    fresh = task(3, operate_type="READY_BIND", started_at=NOW)
+    line = all_text(build_page([fresh], total=1, ref=PageRef(), ctx=context()))
+    assert "Bind key pair · *queued* <!date^" in line and "not started yet" in line
+
+
+def test_loading_state_keeps_the_title_and_offers_no_buttons() -> None:
+    loading = build_loading(PageRef(offset=10, query="web"))
+    assert_valid_message(loading)
+    assert loading.blocks[0]["text"]["text"] == 'Tasks matching "web"'
+    assert "Loading… asking KPS for tasks from 11 on." in all_text(loading)
+    assert buttons(loading) == {}
+    first = build_loading(PageRef())
+    assert first.text == "Running key-pair tasks: loading…"
+    assert "asking KPS for the running tasks" in all_text(first)
 
 
 def test_empty_state_keeps_refresh() -> None:
@@ -672,6 +736,126 @@ def test_error_with_huge_kps_strings_still_fits() -> None:
     assert "…" in all_text(message)
 
 
+def test_bad_answer_names_the_service_that_sent_it() -> None:
+    error = KPSBadResponse("no X-Subject-Token header", status=201, request_id=None, service="IAM")
+    message = error_message(error)
+    text = all_text(message)
+    assert "IAM sent an answer the bot cannot read (HTTP 201)" in text
+    assert "IAM or a proxy in between" in text
+    assert "KPS sent" not in text
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "wait"), [(30.0, "wait 30 s"), (90.0, "wait 2 min"), (99_999.0, "wait 1 d 3 h")]
+)
+def test_throttling_says_so_and_when_to_try_again(retry_after: float, wait: str) -> None:
+    error = KPSThrottled(KPSAPIError(429, "APIG.0308", "over ratelimit", "r9"), retry_after)
+    message = error_message(error)
+    text = all_text(message)
+    assert message.text.startswith("Could not list running tasks: KPS is throttling requests")
+    assert f"KPS asks to {wait}; retry after that." in text
+    assert "cannot read" not in text
+
+
+def test_throttling_without_retry_after_asks_for_a_minute() -> None:
+    error = KPSThrottled(KPSAPIError(429, "APIG.0308", "over ratelimit", None), None)
+    assert "wait a minute, then retry" in all_text(error_message(error))
+
+
+def test_an_answer_too_large_says_so() -> None:
+    error = KPSResponseTooLarge(16 * 1024 * 1024, status=200, request_id="r-big")
+    text = all_text(error_message(error))
+    assert "KPS sent an answer too large to read (over 16,777,216 bytes)" in text
+    assert "cannot read (HTTP" not in text
+    assert "Request id: `r-big`" in text
+
+
+def test_iam_refusing_the_token_request_points_at_the_iam_settings() -> None:
+    error = KPSAPIError(400, "APIG.0201", "Request body invalid", None, service="IAM")
+    text = all_text(error_message(error))
+    assert "IAM answered HTTP 400 (bad request)" in text
+    assert "HUAWEICLOUD_PASSWORD" in text
+
+
+def test_upstream_messages_are_clipped_to_300_characters() -> None:
+    error = KPSAPIError(400, "APIG.0201", "x" * 5000, None)
+    text = all_text(error_message(error))
+    shown = re.search(r"Message: `(x+)…`", text)
+    assert shown is not None and len(shown.group(1)) < 300
+
+
+def test_echoed_credentials_are_redacted_before_escaping_and_clipping() -> None:
+    secret = "Pw<&>" + "9" * 20
+    register_secret(secret)
+    signature = "4f" * 32
+    said = (
+        f"{'y' * 280} {secret} Authorization: SDK-HMAC-SHA256 Access=AK1, SignedHeaders=host,"
+        f" Signature={signature}; X-Security-Token: sts-abcdefgh"
+    )
+    for error in (
+        KPSAPIError(400, "APIG.0201", said, None),
+        KPSAPIError(400, "APIG.0201", said[285:], said[285:]),
+        KPSBadResponse(said[285:], status=200, request_id=None, service="IAM"),
+    ):
+        message = error_message(error)
+        shown = json.dumps(message.as_payload(), ensure_ascii=False)
+        # Not even the start of the secret, which a clip at 300 would cut into.
+        assert "Pw<" not in shown and "Pw&lt;" not in shown
+        assert signature[:8] not in shown and "sts-abcdefgh" not in shown
+    assert REDACTED in all_text(error_message(KPSAPIError(400, "A", said[285:], None)))
+
+
+def test_home_problems_are_redacted() -> None:
+    register_secret("hunter2-home-secret")
+    summary = HomeSummary(
+        running=0,
+        stale=0,
+        oldest=None,
+        fetched_at=NOW,
+        problems=("Watching is impaired: password=hunter2-home-secret",),
+    )
+    shown = json.dumps(build_home(summary, context()), ensure_ascii=False)
+    assert "hunter2" not in shown and REDACTED in shown
+
+
+# --- KPS text cannot format --------------------------------------------------------------------
+
+
+def test_kps_formatting_characters_are_inert_but_ids_stay_exact() -> None:
+    odd = task(
+        1,
+        server_name="*bold* _it_ ~gone~ `code` web_server_01",
+        task_id="id_with_*stars*_",
+        keypair_name="kp_*x*_",
+    )
+    message = build_page([odd], total=1, ref=PageRef(), ctx=context())
+    assert_valid_message(message)
+    text = all_text(message)
+    assert "\u2217bold\u2217 \u02cdit\u02cd \u223cgone\u223c \u02cbcode\u02cb web_server_01" in text
+    assert "*bold*" not in text and "_it_" not in text and "~gone~" not in text
+    # Inside a code span nothing formats: ids and key pair names read as KPS wrote them.
+    assert "`id_with_*stars*_`" in text and "`kp_*x*_`" in text
+
+
+# --- unreadable records ------------------------------------------------------------------------
+
+
+def test_a_page_says_how_many_records_could_not_be_read() -> None:
+    tasks = [task(1), task(2)]
+    many = build_page(tasks, total=4, ref=PageRef(), ctx=context(), rejected=2)
+    one = build_page(tasks, total=3, ref=PageRef(), ctx=context(), rejected=1)
+    none = build_page(tasks, total=2, ref=PageRef(), ctx=context())
+    for message in (many, one, none):
+        assert_valid_message(message)
+    assert "2 task records could not be read and are not shown." in all_text(many)
+    assert "1 task record could not be read and is not shown." in all_text(one)
+    assert "could not be read" not in all_text(none)
+    # The line sits above the task list, where the count it qualifies is.
+    kinds = [b["type"] for b in many.blocks]
+    line = next(i for i, b in enumerate(many.blocks) if "could not be read" in json.dumps(b))
+    assert kinds[line + 1] == "divider"
+
+
 # --- help, usage, notices ----------------------------------------------------------------------
 
 
@@ -745,6 +929,42 @@ def test_home_counts_the_stale_and_names_the_oldest() -> None:
     assert button["action_id"] == ACTION_LIST
     assert button["text"]["text"] == "List running tasks"
     assert PageRef.parse(button["value"]) == PageRef(offset=0, page_size=10)
+
+
+def test_home_counts_queued_tasks_apart() -> None:
+    summary = HomeSummary(running=3, stale=1, oldest=None, fetched_at=NOW, queued=2)
+    text = "\n".join(text_values(build_home(summary, context())))
+    assert (
+        "*3* key-pair tasks are running · *1* stale (running 30 min or longer)"
+        " · *2* queued, not started yet"
+    ) in text
+    only_queued = build_home(HomeSummary(0, 0, None, NOW, queued=1), context())
+    assert_valid_home(only_queued)
+    text = "\n".join(text_values(only_queued))
+    assert "No key-pair tasks are running · *1* queued, not started yet" in text
+
+
+def test_home_note_says_where_the_list_went_and_replaces_an_earlier_one() -> None:
+    home = build_home(HomeSummary(3, 1, None, NOW), context())
+    first = build_home_note(home, list_sent_note(team="T0TEST", app="A0KPS", at=NOW))
+    assert_valid_blocks(first["blocks"], max_blocks=100)
+    assert first["blocks"][:-1] == home["blocks"]  # the counts the user was reading stay
+    note = first["blocks"][-1]
+    assert note["block_id"] == HOME_NOTE_BLOCK
+    words = note["elements"][0]["text"]
+    assert "Sent the list of running tasks to your" in words
+    assert "<slack://app?team=T0TEST&amp;id=A0KPS&amp;tab=messages|Messages tab>" in words
+    failed = build_home_note(first, list_not_sent_note("messages_tab_disabled"))
+    assert len(failed["blocks"]) == len(first["blocks"])  # the note is replaced, not added
+    assert (
+        "Could not send the list to your Messages tab"
+        in failed["blocks"][-1]["elements"][0]["text"]
+    )
+    # Ids that are not Slack's shape never reach a link; an empty view still gets its button.
+    odd = list_sent_note(team="T0|<x>", app="A0KPS", at=NOW)
+    assert "slack://" not in odd and "your Messages tab" in odd
+    bare = build_home_note({}, odd, page_size=5)
+    assert bare["blocks"][1]["elements"][0]["action_id"] == ACTION_LIST
 
 
 def test_home_with_nothing_running() -> None:

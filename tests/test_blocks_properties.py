@@ -121,7 +121,8 @@ def test_any_page_is_valid_escaped_and_within_limits(
         )
         assert (ACTION_SHARE in found) == (not shared_by)
         first, last = ref.offset + 1, ref.offset + len(shown)
-        assert f"{first}–{last} of {max(total, last)}" in message.text
+        span = f"{first}–{last}" if first < last else f"task {first}"
+        assert f"{span} of {max(total, last)}" in message.text
     for element in found.values():
         target = PageRef.parse(element["value"])
         assert (target.page_size, target.query) == (ref.page_size, ref.query)

@@ -14,13 +14,15 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
 
 from bot.__main__ import wants_demo
-from bot.sandbox.demo import Demo, DemoOptions, demo_tasks, pick_port
+from bot.sandbox.demo import Demo, DemoOptions, banner, build_parser, demo_tasks
 from bot.sandbox.fakeslack import Call
+from bot.sandbox.guard import host_name
 from tests.standin import wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -139,16 +141,70 @@ def test_demo_tasks_are_a_few_dozen_with_stale_ones_and_every_operation() -> Non
     assert len({t.task_id for t in tasks}) == len(tasks)
 
 
-def test_a_taken_port_falls_back_to_a_free_one() -> None:
+async def test_a_taken_port_falls_back_to_a_free_one_and_the_banner_says_so() -> None:
     import socket
 
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        chosen = pick_port("127.0.0.1", port)
-    assert chosen not in (port, 0)
-    assert pick_port("127.0.0.1", chosen) == chosen  # free now: kept
+    with socket.socket() as a, socket.socket() as b, socket.socket() as c:
+        for taken in (a, b, c):
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+        page, bot, sim = (s.getsockname()[1] for s in (a, b, c))
+        options = DemoOptions(port=page, bot_port=bot, sim_port=sim, poll_interval=3600.0)
+        async with Demo(options) as demo:
+            assert demo.settings is not None
+            got = {
+                "the playground": urlsplit(demo.url).port,
+                "the bot": demo.settings.port,
+                "the KPS simulator": urlsplit(demo.sim.url).port,
+            }
+            shown = banner(demo, defaulted=False)
+            async with aiohttp.ClientSession() as http, http.get(demo.bot_url + "/healthz") as up:
+                assert up.status == 200
+    assert page not in got.values() and bot not in got.values() and sim not in got.values()
+    for (what, port), wanted in zip(got.items(), (page, bot, sim), strict=True):
+        [line] = [line for line in shown.splitlines() if f"port {wanted} " in line]
+        assert what in line and f"port {port} " in line
+
+
+async def test_a_free_port_is_kept_and_nothing_is_said() -> None:
+    options = DemoOptions(port=0, bot_port=0, sim_port=0, poll_interval=3600.0)
+    async with Demo(options) as first:
+        assert first.settings is not None
+        ports = (urlsplit(first.url).port, first.settings.port, urlsplit(first.sim.url).port)
+    assert ports[0] is not None and ports[2] is not None
+    wanted = DemoOptions(port=ports[0], bot_port=ports[1], sim_port=ports[2], poll_interval=3600)
+    async with Demo(wanted) as demo:
+        assert demo.settings is not None
+        assert (urlsplit(demo.url).port, demo.settings.port, urlsplit(demo.sim.url).port) == ports
+        assert demo.moved == []
+        assert "taken" not in banner(demo, defaulted=False)
+
+
+def test_every_demo_option_says_what_it_is_and_its_unit() -> None:
+    helps = {a.dest: a.help or "" for a in build_parser()._actions if a.dest != "help"}
+    assert all(helps.values()), helps
+    for port in ("port", "bot_port", "sim_port"):
+        assert "TCP port" in helps[port] and "default" in helps[port]
+    assert "IP address" in helps["host"] and "0.0.0.0" in helps["host"]
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("127.0.0.1:8080", "127.0.0.1"),
+        ("LocalHost", "localhost"),
+        ("[::1]:3000", "::1"),
+        ("[::1]", "::1"),
+        ("evil.example:80", "evil.example"),
+        ("::1", None),  # IPv6 without brackets
+        ("[::1]x", None),
+        ("localhost:80x", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_host_names_are_read_as_a_server_would(header: str | None, name: str | None) -> None:
+    assert host_name(header) == name
 
 
 async def test_the_page_and_its_files_are_served(demo: Demo, http: aiohttp.ClientSession) -> None:
@@ -306,6 +362,79 @@ async def test_only_json_is_accepted_and_unknown_commands_are_refused(
     assert demo.slack.calls_to("response_url") == []
 
 
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/", None),
+        ("GET", "/playground/state", None),
+        ("GET", "/playground/events", None),
+        ("GET", "/playground/sim/tasks", None),
+        ("POST", "/playground/send", {"channel": "C0GENERAL", "text": "/kps"}),
+        ("POST", "/playground/home", {}),
+        ("POST", "/playground/sim/kps", {"mode": "failing"}),
+    ],
+)
+async def test_the_playground_answers_only_requests_addressed_to_this_machine(
+    demo: Demo, http: aiohttp.ClientSession, method: str, path: str, body: Any
+) -> None:
+    # DNS rebinding: the page's own name resolves to 127.0.0.1, so the browser would let it read
+    # the answers; the Host header still names that site.
+    headers = {"Host": "kps.rebind.evil.example"}
+    url = demo.slack.url + path
+    async with http.request(method, url, json=body, headers=headers) as answer:
+        assert answer.status == 403
+        assert "C0GENERAL" not in await answer.text()
+    assert demo.slack.calls_to("response_url") == demo.slack.calls_to("views.publish") == []
+    assert demo.sim.stats()["faults_pending"] == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/playground/home", "{}"),
+        ("/playground/send", '{"channel": "C0GENERAL", "text": "@kps-bot tasks"}'),
+        ("/playground/click", '{"view_user": "U0DEMO", "block": 0, "element": 0}'),
+        ("/playground/sim/kps", '{"mode": "failing"}'),
+        ("/playground/sim/add", "{}"),
+    ],
+)
+async def test_a_page_elsewhere_cannot_act_through_the_playground(
+    demo: Demo, http: aiohttp.ClientSession, path: str, body: str
+) -> None:
+    # What a web page on any site may POST to loopback without a preflight: text/plain.
+    headers = {"Content-Type": "text/plain;charset=UTF-8", "Origin": "http://evil.example"}
+    tasks = len(demo.sim.tasks)
+    async with http.post(demo.slack.url + path, data=body, headers=headers) as answer:
+        assert answer.status == 415
+    assert demo.slack.calls_to("views.publish") == []
+    assert demo.slack.messages.get("C0GENERAL", []) == []
+    assert demo.sim.stats()["faults_pending"] == 0 and len(demo.sim.tasks) == tasks
+
+
+async def test_a_loopback_demo_shows_no_warning(demo: Demo) -> None:
+    assert "WARNING" not in banner(demo, defaulted=False)
+
+
+async def test_listening_beyond_loopback_warns_loudly_and_names_the_address() -> None:
+    options = DemoOptions(host="0.0.0.0", port=0, bot_port=0, sim_port=0, poll_interval=3600.0)
+    async with Demo(options) as demo, aiohttp.ClientSession() as http:
+        port = urlsplit(demo.url).port
+        shown = banner(demo, defaulted=False)
+        # Another address of this machine reaches it now; 127.0.0.2 stands in for a LAN address.
+        # Addressed to the address it arrived on, it is answered; a rebinding name is not.
+        other = f"http://127.0.0.2:{port}/playground/state"
+        async with http.get(other) as direct:
+            assert direct.status == 200
+        async with http.get(other, headers={"Host": f"evil.example:{port}"}) as rebound:
+            assert rebound.status == 403
+        # Only the playground is exposed: the simulator and the bot stay on loopback.
+        assert urlsplit(demo.sim.url).hostname == "127.0.0.1"
+        assert urlsplit(demo.bot_url).hostname == "127.0.0.1"
+    [first, *_] = [line for line in shown.splitlines() if "WARNING" in line]
+    assert f"0.0.0.0:{port}" in first and "every network interface" in first
+    assert "no login" in shown
+
+
 async def test_python_m_bot_at_a_terminal_with_nothing_configured_starts_the_demo(
     tmp_path: Path,
 ) -> None:
@@ -326,7 +455,7 @@ async def test_python_m_bot_at_a_terminal_with_nothing_configured_starts_the_dem
         lambda: asyncio.StreamReaderProtocol(terminal), os.fdopen(leader, "rb", buffering=0)
     )
     try:
-        lines = []
+        lines: list[str] = []
         async with asyncio.timeout(30):
             # The banner's last line; what follows it is only written at the stop.
             while not any("Ctrl-C stops the demo" in line for line in lines):

@@ -318,10 +318,10 @@ async def socket_client(
     client.message_listeners.append(note)
     client.socket_mode_request_listeners.append(ack)
     try:
-        await client.connect()
+        await client.connect()  # type: ignore[no-untyped-call]  # slack_sdk leaves it untyped
         yield client
     finally:
-        await client.close()
+        await client.close()  # type: ignore[no-untyped-call]
 
 
 async def test_socket_mode_client_connects_and_acks(fake: FakeSlack) -> None:
@@ -414,3 +414,44 @@ async def test_runs_standalone_and_stops_on_sigterm() -> None:
         process.send_signal(signal.SIGTERM)
         code = await asyncio.wait_for(process.wait(), 20)
     assert code == 0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("GET", "/_fake/calls", None),
+        ("GET", "/_fake/messages", None),
+        ("POST", "/_fake/fail", {"method": "chat.postMessage", "status": 500, "times": 9}),
+        ("POST", "/_fake/disconnect", {}),
+        ("POST", "/_fake/socket", {"type": "events_api", "payload": {}, "timeout": 0.01}),
+    ],
+)
+async def test_admin_view_answers_only_a_loopback_host(
+    fake: FakeSlack, slack: AsyncWebClient, method: str, path: str, body: Any
+) -> None:
+    # DNS rebinding: a page's own name now points at 127.0.0.1, so the browser lets it read the
+    # answers, but the request still names that site in Host.
+    await slack.chat_postMessage(channel="C0GENERAL", text="the bot said this")
+    async with (
+        aiohttp.ClientSession(fake.url) as http,
+        http.request(method, path, json=body, headers={"Host": "rebind.evil.example"}) as answer,
+    ):
+        text = await answer.text()
+    assert answer.status == 403
+    assert "the bot said this" not in text
+    assert (await slack.chat_postMessage(channel="C0GENERAL", text="still fine"))["ok"]
+
+
+async def test_admin_view_takes_a_post_only_as_json(fake: FakeSlack, slack: AsyncWebClient) -> None:
+    # What any web page may send to loopback without a preflight: text/plain, a form, or nothing.
+    spec = json.dumps({"method": "chat.postMessage", "status": 500, "times": 9})
+    async with aiohttp.ClientSession(fake.url) as http:
+        for content_type in ("text/plain;charset=UTF-8", "application/x-www-form-urlencoded"):
+            headers = {"Content-Type": content_type, "Origin": "http://evil.example"}
+            async with http.post("/_fake/fail", data=spec, headers=headers) as answer:
+                assert answer.status == 415
+        async with http.post("/_fake/disconnect") as answer:
+            assert answer.status == 415
+        async with http.get("/_fake/calls", headers={"Host": "localhost:1"}) as answer:
+            assert answer.status == 200
+    assert (await slack.chat_postMessage(channel="C0GENERAL", text="x"))["ok"]

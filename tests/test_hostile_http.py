@@ -88,14 +88,15 @@ async def test_a_malformed_timestamp_is_a_401_and_nothing_is_posted(
     response = await bot.sender.client.post(
         bot.sender.url,
         content=command_body(slack.response_url("forged")),
+        # Bytes: a timestamp of non-ASCII digits must reach the bot as it was typed.
         headers={
-            "Content-Type": "application/x-www-form-urlencoded",
-            "X-Slack-Request-Timestamp": timestamp.encode(),
-            "X-Slack-Signature": "v0=" + "0" * 64,
+            b"Content-Type": b"application/x-www-form-urlencoded",
+            b"X-Slack-Request-Timestamp": timestamp.encode(),
+            b"X-Slack-Signature": b"v0=" + b"0" * 64,
         },
     )
     assert response.status_code == 401
-    await asyncio.sleep(0.3)
+    await bot.settled()  # whatever the request set going has finished
     assert slack.calls_to("response_url") == []
 
 
@@ -111,16 +112,16 @@ async def test_a_malformed_timestamp_is_a_401_and_nothing_is_posted(
 async def test_odd_signature_headers_are_a_401_and_nothing_is_posted(
     bot: RunningBot, slack: FakeSlack, with_timestamp: bool, signature: str | None
 ) -> None:
-    headers = {"Content-Type": b"application/x-www-form-urlencoded"}
+    headers = {b"Content-Type": b"application/x-www-form-urlencoded"}
     if with_timestamp:
-        headers["X-Slack-Request-Timestamp"] = str(int(time.time())).encode()
+        headers[b"X-Slack-Request-Timestamp"] = str(int(time.time())).encode()
     if signature is not None:
-        headers["X-Slack-Signature"] = signature.encode()
+        headers[b"X-Slack-Signature"] = signature.encode()
     response = await bot.sender.client.post(
         bot.sender.url, content=command_body(slack.response_url("forged")), headers=headers
     )
     assert response.status_code == 401
-    await asyncio.sleep(0.3)
+    await bot.settled()  # whatever the request set going has finished
     assert slack.calls_to("response_url") == []
 
 
@@ -140,7 +141,8 @@ async def test_bolt_given_an_unverified_body_directly_still_posts_nothing(
             },
         )
         await runtime.app.async_dispatch(request)
-        await asyncio.sleep(0.3)
+        # A refused request runs no listener: only Bolt's error path could post, and Bolt awaits
+        # it inside async_dispatch, so once dispatch returns there is nothing left to wait for.
     finally:
         await runtime.aclose()
     assert slack.calls_to("response_url") == []
@@ -157,7 +159,7 @@ async def test_a_signed_request_cannot_send_the_bot_to_another_host(
     secret_path = "/hooks/T0/secret-reply-token"
     response = await bot.sender.command("", internal + secret_path)
     assert response.status_code == 200
-    await asyncio.sleep(1.0)  # the page would have been posted by now
+    await bot.settled()  # the listener has fetched the page and tried to post it
     assert seen == []
     # A normal command still gets its page on the stand-in.
     await bot.sender.command("", slack.response_url("ok"))
@@ -272,9 +274,10 @@ async def test_a_flood_leaves_acks_fast_and_the_log_small(
             process.kill()
         await process.wait()
     assert ack.status_code == 200
-    # Generous for a shared machine running bot, simulator, stand-in and test in one loop; the
-    # issue's 100 ms holds from a separate process (tests/flood.py records the figures).
-    assert ack_seconds < 1.0, ack_seconds
+    # The bound is Slack's own deadline, not a speed claim: bot, simulator, stand-in and test
+    # share one loop on a shared machine. The issue's 100 ms is measured from a separate process
+    # by `python -m tests.flood` (figures in the issue note), not asserted here.
+    assert ack_seconds < 3.0, ack_seconds
     await wait_for(slack, "response_url", 1, timeout=10)
     statuses = report["statuses"]
     assert set(statuses) <= {"401", "ConnectionResetError"}, statuses

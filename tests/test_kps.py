@@ -126,7 +126,7 @@ async def test_walk_ends_when_the_list_keeps_growing(http: httpx.AsyncClient) ->
     async with Simulator(project_id=PROJECT, tasks=seed_tasks(1500), static_tokens=[TOKEN]) as sim:
 
         def grow(_: RecordedRequest) -> None:
-            for _ in range(1200):
+            for _added in range(1200):
                 sim.add_task()
 
         sim.after_request = grow

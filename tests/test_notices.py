@@ -64,7 +64,7 @@ def make_state(alerts: list[Alert], **changes: Any) -> NoticeState:
 
 def everything(message: Message) -> str:
     payload = message.as_payload()
-    return json.dumps(payload["blocks"], ensure_ascii=False) + payload["text"]
+    return json.dumps(payload["blocks"], ensure_ascii=False) + str(payload["text"])
 
 
 def buttons(message: Message) -> dict[str, dict[str, Any]]:
@@ -131,7 +131,12 @@ def test_all_finished_notice_keeps_no_action_buttons() -> None:
     ended = NOW - timedelta(minutes=1)
     alerts = [make_alert(1, finished_at=ended, outcome="SUCCESS_UNBIND")]
     message = build_stale_notice(make_state(alerts), CTX)
-    assert "all finished" in everything(message)
+    assert "Stale key-pair task: finished" in everything(message)
+    assert buttons(message) == {}
+    more = [*alerts, *(make_alert(i, finished_at=ended, outcome="SUCCESS_RESET") for i in (2, 3))]
+    message = build_stale_notice(make_state(more), CTX)
+    assert "Stale key-pair tasks: all finished" in everything(message)
+    assert "All 3 finished: 3 succeeded." in everything(message)
     assert buttons(message) == {}
 
 
@@ -430,3 +435,59 @@ def test_worst_case_names_still_fit(piece: str) -> None:
     # The notice still names its first 20 tasks, by the start of their ids.
     shown_ids = set(re.findall(r"`(\d{4})", json.dumps(messages[0].blocks, ensure_ascii=False)))
     assert len(shown_ids) == NOTICE_SHOWN
+
+
+# --- issue 10: words a person would write -------------------------------------------------------
+
+
+def test_a_notice_of_one_task_speaks_of_it_in_the_singular() -> None:
+    # Issue 10: "All 1 finished" and "*1* key-pair task went stale".
+    succeeded = make_alert(1, finished_at=NOW, outcome="SUCCESS_RESET")
+    shown = everything(build_stale_notice(make_state([succeeded]), CTX))
+    assert (
+        "A key-pair task went stale: running *30 min* or longer.\\nIt finished and succeeded."
+        in (shown)
+    )
+    assert "All 1" not in shown and "*1* key-pair" not in shown
+    failed = make_alert(1, finished_at=NOW, outcome="FAILED_RESET")
+    assert "It finished and failed." in everything(build_stale_notice(make_state([failed]), CTX))
+    gone = make_alert(1, finished_at=NOW)
+    assert "It is no longer running (outcome unknown)." in everything(
+        build_stale_notice(make_state([gone]), CTX)
+    )
+    two = [succeeded, make_alert(2, finished_at=NOW, outcome="FAILED_RESET")]
+    assert "Both finished: 1 succeeded, 1 failed." in everything(
+        build_stale_notice(make_state(two), CTX)
+    )
+
+
+def test_a_range_of_one_task_is_named_as_one() -> None:
+    # Issue 10: "Stale tasks 21–21 of 21" in a thread or a List page.
+    alerts = [make_alert(i) for i in range(NOTICE_SHOWN + 1)]
+    (reply,) = build_detail_replies(alerts, CTX)
+    assert "*Stale task 21 of 21*" in everything(reply)
+    assert reply.text == "The other stale key-pair task"
+    listed = build_notice_list(make_state(alerts), CTX, offset=NOTICE_SHOWN)
+    assert "Stale task 21 of 21 from the notice of" in everything(listed)
+    assert listed.text == "Stale task 21 of 21"
+    single_groups = 0
+    for count in range(2, 120):
+        ended = [make_alert(i, finished_at=NOW, outcome="SUCCESS_RESET") for i in range(count)]
+        for reply in build_ending_replies(ended, CTX):
+            shown = everything(reply)
+            assert not re.search(r"\b(\d+)–\1 of", shown), shown[:200]
+            single_groups += f"Stale task that ended ({count} of {count})" in shown
+    assert single_groups  # some count leaves one task for the last reply
+
+
+def test_recovery_after_seconds_says_seconds() -> None:
+    # Issue 10: "works again after 0 min".
+    for took, words in ((timedelta(seconds=40), "40 s"), (timedelta(milliseconds=300), "1 s")):
+        state = WatchState(failures=3, failing_since=NOW - took)
+        recovered = build_recovered(state, CTX)
+        assert_valid_message(recovered)
+        assert f"works again* after {words}." in everything(recovered)
+        assert recovered.text == f"Watching for stale key-pair tasks works again after {words}"
+    one = build_impaired(WatchState(failures=1, failing_since=NOW), CTX, poll_interval=60)
+    assert "The last scan of the running tasks failed" in everything(one)
+    assert one.text.endswith("impaired: 1 scan failed")

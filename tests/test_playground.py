@@ -121,7 +121,9 @@ async def test_a_notice_can_be_acknowledged_and_snoozed(demo: Demo) -> None:
 async def test_home_tab_and_its_list_button(demo: Demo) -> None:
     from playwright.async_api import expect
 
-    running = len(demo.sim.running())
+    listed = len(demo.sim.running())
+    # Home counts the demo's queued (READY_x) task apart from the running ones.
+    running = sum(1 for t in demo.sim.running() if not t.status.startswith("READY"))
     async with open_page(demo.url) as page:
         await page.get_by_role("button", name="kps-bot", exact=True).click()
         home = page.locator("#messages .home")
@@ -132,7 +134,7 @@ async def test_home_tab_and_its_list_button(demo: Demo) -> None:
         await home.get_by_role("button", name="List running tasks").click()
         await page.get_by_role("button", name="Messages").click()
         await expect(page.locator("#messages .msg")).to_contain_text(
-            f"Showing 1–10 of {running}", timeout=SEEN
+            f"Showing 1–10 of {listed}", timeout=SEEN
         )
 
 
@@ -145,7 +147,9 @@ async def test_text_from_kps_is_shown_as_text_never_as_html(demo: Demo) -> None:
         await page.fill("#composer-input", "/kps tasks onerror")
         await page.press("#composer-input", "Enter")
         reply = page.locator("#messages .msg.ephemeral")
-        await expect(reply).to_contain_text("Showing 1–1 of 1", timeout=SEEN)
+        await expect(reply).to_contain_text(
+            'Showing the only task matching "onerror"', timeout=SEEN
+        )
         await expect(reply).to_contain_text(name.strip())
         await expect(reply).to_contain_text("kp-<b>x</b>")
         assert await page.locator("#messages img").count() == 0
@@ -236,3 +240,64 @@ async def test_what_the_bot_posts_renders_live_and_its_buttons_work(demo: Demo) 
         replaced = page.locator(f'#messages .msg[data-id="{message_id}"]')
         await expect(replaced).to_contain_text("Showing 11–20 of", timeout=SEEN)
         await screenshot(page, "live-notice")
+
+
+async def test_emoji_render_in_colour_not_as_empty_boxes(demo: Demo) -> None:
+    """✅ ❌ ⏳ 💤 (what the bot's messages carry) drawn in the page's font come out in colour.
+
+    Without a colour emoji font (CI's Chromium needs fonts-noto-color-emoji) they are drawn as an
+    empty box or a black outline: no coloured pixel at all.
+    """
+    async with open_page(demo.url) as page:
+        await page.wait_for_function("window.KpsRender !== undefined")
+        drawn = await page.evaluate(
+            """(glyphs) => {
+              const family = getComputedStyle(document.body).fontFamily;
+              return glyphs.map((glyph) => {
+                const canvas = document.createElement('canvas');
+                canvas.width = canvas.height = 64;
+                const ctx = canvas.getContext('2d');
+                ctx.font = `40px ${family}`;
+                ctx.textBaseline = 'top';
+                ctx.fillStyle = '#000';
+                ctx.fillText(glyph, 8, 8);
+                const data = ctx.getImageData(0, 0, 64, 64).data;
+                let coloured = 0;
+                for (let i = 0; i < data.length; i += 4) {
+                  const [r, g, b, a] = data.slice(i, i + 4);
+                  if (a > 128 && Math.max(r, g, b) - Math.min(r, g, b) > 60) coloured += 1;
+                }
+                return {glyph, coloured, width: ctx.measureText(glyph).width};
+              });
+            }""",
+            ["\u2705", "\u274c", "\u23f3", "\U0001f4a4"],
+        )
+    for shown in drawn:
+        assert shown["width"] > 0, shown
+        assert shown["coloured"] > 50, f"{shown['glyph']} has no colour: no emoji font? {shown}"
+
+
+async def test_running_task_picker_labels_are_unique_and_name_the_operation(demo: Demo) -> None:
+    from playwright.async_api import expect
+
+    started = newest(demo).task_time_ms
+    # One server with two tasks of the same kind started together, and with one of another kind.
+    for operation in ("RUNNING_RESET", "RUNNING_RESET", "RUNNING_UNBIND"):
+        demo.sim.add_task(
+            server_name="web-prod-01",
+            operate_type=operation,
+            status=operation,
+            task_time_ms=started,
+        )
+    running = demo.sim.running()
+    async with open_page(demo.url) as page:
+        options = page.locator("#task-select option")
+        await expect(options).to_have_count(len(running), timeout=SEEN)
+        labels = await options.all_inner_texts()
+    assert len(set(labels)) == len(labels), [x for x in labels if labels.count(x) > 1]
+    twins = [label for label in labels if label.startswith("web-prod-01 · ")]
+    assert len(twins) == 3
+    assert sum("· reset ·" in label for label in twins) == 2
+    assert sum("· unbind ·" in label for label in twins) == 1
+    queued = [t for t in running if t.status.startswith("READY_")]
+    assert sum("(queued)" in label for label in labels) == len(queued) > 0

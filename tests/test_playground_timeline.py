@@ -76,7 +76,10 @@ async def test_mounted_routes_are_served_and_mounting_late_is_refused() -> None:
     async def hello(request: web.Request) -> web.Response:
         return web.Response(text="mounted")
 
-    fake.mount(lambda app: app.router.add_get("/hello", hello))
+    def route(app: web.Application) -> None:
+        app.router.add_get("/hello", hello)
+
+    fake.mount(route)
     async with fake, aiohttp.ClientSession() as http, http.get(fake.url + "/hello") as answer:
         assert await answer.text() == "mounted"
         with pytest.raises(RuntimeError):

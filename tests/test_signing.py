@@ -236,7 +236,7 @@ def test_declared_content_sha256_replaces_the_body_hash_like_the_sdk() -> None:
 
 
 def test_sdk_test_vectors() -> None:
-    """huaweicloud-sdk-core tests/test_signer.py (research/kps-api.md §5)."""
+    """huaweicloud-sdk-core tests/test_signer.py (../shared/research/kps-api.md §5)."""
     url = httpx.URL("https://service.endpoint.myhuaweicloud.com/resources?size=1")
     headers = {
         "Host": "service.endpoint.myhuaweicloud.com",

@@ -841,6 +841,69 @@ async def test_admin_api_unknown_task_is_404(simulator: Simulator) -> None:
     assert finish.status_code == 404 and age.status_code == 404
 
 
+# What a web page the developer visits could send: DNS rebinding makes the page's own name point
+# at 127.0.0.1 (so its Host is that name), and a "simple" cross-origin POST needs no preflight.
+ADMIN_ROUTES = [
+    ("GET", "/tasks", None),
+    ("GET", "/stats", None),
+    ("POST", "/tasks", {"server_name": "planted"}),
+    ("POST", "/tasks/t1/finish", {}),
+    ("POST", "/tasks/t1/age", {"minutes": 90}),
+    ("POST", "/faults", {"kind": "status", "status": 503, "times": -1}),
+    ("DELETE", "/faults", None),
+    ("PUT", "/latency", {"seconds": 9}),
+    ("PUT", "/token-lifetime", {"seconds": 1}),
+    ("POST", "/tokens/expire", {}),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), ADMIN_ROUTES)
+@pytest.mark.parametrize("host", ["evil.example:8081", "127.0.0.1.nip.io", "localhost.evil", ""])
+async def test_admin_api_answers_only_a_loopback_host(
+    simulator: Simulator, method: str, path: str, body: Any, host: str
+) -> None:
+    add(simulator, "t1", int(START * 1000))
+    async with httpx.AsyncClient(base_url=simulator.url + "/_sim") as admin:
+        response = await admin.request(method, path, json=body, headers={"Host": host})
+    assert response.status_code == 403
+    assert "127.0.0.1" in response.json()["error"]
+    assert [t.task_id for t in simulator.running()] == ["t1"]
+    assert simulator.stats()["faults_pending"] == 0 and simulator.latency == 0
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1:1", "localhost", "LOCALHOST:80", "[::1]:8081"])
+async def test_admin_api_answers_loopback_names_with_any_port(
+    simulator: Simulator, host: str
+) -> None:
+    async with httpx.AsyncClient(base_url=simulator.url + "/_sim") as admin:
+        response = await admin.get("/stats", headers={"Host": host})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/faults", '{"kind": "status", "status": 503, "times": -1}'),
+        ("/tasks", '{"server_name": "planted"}'),
+        ("/tokens/expire", ""),
+    ],
+)
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain;charset=UTF-8", "application/x-www-form-urlencoded", "multipart/form-data", None],
+)
+async def test_admin_api_takes_a_post_only_as_json(
+    simulator: Simulator, path: str, body: str, content_type: str | None
+) -> None:
+    headers = {"Origin": "http://evil.example"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    async with httpx.AsyncClient(base_url=simulator.url + "/_sim") as admin:
+        response = await admin.post(path, content=body, headers=headers)
+    assert response.status_code == 415
+    assert simulator.tasks == [] and simulator.stats()["faults_pending"] == 0
+
+
 async def test_after_request_can_shrink_the_list_mid_walk(
     simulator: Simulator, client: httpx.AsyncClient
 ) -> None:
@@ -929,7 +992,7 @@ async def test_standalone_serves_seeded_tasks_until_sigterm() -> None:
     )
     try:
         assert process.stdout is not None
-        banner = []
+        banner: list[str] = []
         while not banner or "Ctrl-C" not in banner[-1]:
             line = await asyncio.wait_for(process.stdout.readline(), 30)
             assert line, f"the simulator exited early: {banner}"

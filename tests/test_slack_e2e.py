@@ -28,7 +28,7 @@ from tests.standin import wait_for
 
 def texts(message: dict[str, Any]) -> str:
     """Everything a user could read in a message, as one string."""
-    return json.dumps(message.get("blocks", []), ensure_ascii=False) + message.get("text", "")
+    return json.dumps(message.get("blocks", []), ensure_ascii=False) + str(message.get("text", ""))
 
 
 def button(message: dict[str, Any], action_id: str) -> dict[str, Any] | None:
@@ -200,11 +200,12 @@ async def test_slow_kps_is_acked_at_once_and_answered_later(
     response = await bot.sender.command("", slack.response_url())
     acked_after = time.monotonic() - started
     assert response.status_code == 200
-    # The ack left before KPS answered: nothing has reached response_url yet.
-    assert slack.calls_to("response_url") == []
+    # The ack left before KPS answered: nothing but the Loading state reached response_url.
+    assert all("Loading" in texts(c.args) for c in slack.calls_to("response_url"))
     assert acked_after < 3.0  # Slack's own limit, the contract's bound
-    page = (await page_after(slack, 1)).args
-    assert "1–10 of 37" in texts(page)
+    loading, page = (c.args for c in await wait_for(slack, "response_url", 2, timeout=10))
+    assert "Loading" in texts(loading)
+    assert "1–10 of 37" in texts(page) and page["replace_original"] is True
 
 
 async def test_kps_strings_are_escaped(bot: RunningBot, sim: Simulator, slack: FakeSlack) -> None:
@@ -298,7 +299,8 @@ async def test_sigterm_finishes_work_in_flight_then_exits_zero(
     sim.latency = 1.0
     await bot.sender.command("", slack.response_url())
     assert await bot.shutdown() == 0
-    assert "1–10 of 37" in texts(slack.calls_to("response_url")[0].args)
+    # KPS took longer than LOADING_AFTER: a Loading state went first, the page replaced it.
+    assert "1–10 of 37" in texts(slack.calls_to("response_url")[-1].args)
 
 
 async def test_socket_mode_answers_a_slash_command(sim: Simulator, slack: FakeSlack) -> None:

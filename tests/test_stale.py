@@ -169,3 +169,21 @@ def test_watcher_page_and_home_agree_at_the_threshold(offset: int, naive: bool) 
 
     assert (watcher, marked, counts.stale == 1) == (expected, expected, expected)
     assert home_count
+
+
+def test_a_queued_task_is_never_stale_and_is_counted_apart() -> None:
+    # Issue 10: a READY_x task is listed under running-tasks but has not started; its wait is
+    # not a stuck operation, on any surface.
+    queued = Task("q", "READY_RESET", NOW - timedelta(hours=3), "web-01", "srv-q", "kp-ops")
+    running = task("r", timedelta(hours=1))
+    ctx = ViewContext(project_id="p", region=None, now=NOW, stale_after=THIRTY)
+
+    assert queued.queued and not running.queued
+    assert [t.task_id for t in stale_tasks([queued, running], now=NOW, stale_after=THIRTY)] == ["r"]
+    counts = census([queued, running], now=NOW, stale_after=THIRTY)
+    assert (counts.running, counts.queued, counts.stale) == (1, 1, 1)
+    assert counts.oldest == running  # the queued one is older, but has not started
+    page = build_page([queued], total=1, ref=PageRef(), ctx=ctx)
+    assert "stale" not in json.dumps(page.as_payload()["blocks"], ensure_ascii=False)
+    only = census([queued], now=NOW, stale_after=THIRTY)
+    assert (only.running, only.queued, only.stale, only.oldest) == (0, 1, 0, None)

@@ -250,3 +250,48 @@ async def test_two_replicas_migrating_at_once(pg_url: str) -> None:
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_text_the_backend_cannot_hold_is_stored_as_it_can(store: Store) -> None:
+    # A lone surrogate cannot be encoded as UTF-8 (either driver) and PostgreSQL refuses NUL:
+    # either failed every write of the scan that met such a task, for good.
+    odd = Alert(
+        task_id="t\x00-1",
+        notice_id=0,
+        server_name="web\ud800-01\x00",
+        server_id="srv\udfff",
+        keypair_name="kp\x00\ud83d",
+        operate_type="RUNNING_RESET",
+        started_at=NOW,
+        announced_at=NOW,
+    )
+    body = {"text": "web\ud800-01", "blocks": []}
+    notice_id = await store.announce(channel="C1", now=NOW, tasks=[odd], replies=[body])
+    assert notice_id is not None
+    assert await store.announced(["t\x00-1"]) == {"t-1"}  # asked as it was given, found
+    assert await store.announce(channel="C1", now=NOW, tasks=[odd]) is None  # still once
+    state = await store.notice_state(notice_id)
+    assert state is not None
+    (kept,) = state.alerts
+    assert (kept.task_id, kept.server_name, kept.server_id, kept.keypair_name) == (
+        "t-1",
+        "web\ufffd-01",
+        "srv\ufffd",
+        "kp\ufffd",
+    )
+    ending = Ending("t\x00-1", NOW, "FAILED_RESET", "KPS.1\x00", "bad \ud800 agent")
+    assert await store.record_endings([ending], now=NOW, replies={notice_id: [body]})
+    (ended,) = (await store.notice_state(notice_id) or state).alerts
+    assert (ended.error_code, ended.error_msg) == ("KPS.1", "bad \ufffd agent")
+    assert [i.body for i in await store.pending() if i.body] == [
+        {"text": "web\ufffd-01", "blocks": []}
+    ] * 2
+    assert await store.set_problem("k\x00", "text \ud800", now=NOW)
+    assert await store.problems() == ["text \ufffd"]
+
+
+async def test_ping_answers_while_the_store_does(store: Store) -> None:
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreError, match="after it was closed"):
+        await store.ping()

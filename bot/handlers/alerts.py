@@ -30,7 +30,7 @@ from bot.notices import (
 )
 from bot.replies import Replies
 from bot.services import acked, view_context
-from bot.store import Store
+from bot.store import Store, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,11 @@ async def handle_acknowledge(
         if found is None:
             return
         ref, store = found
-        state = await store.acknowledge(ref.notice_id, _user(body), now=clock())
+        try:
+            state = await store.acknowledge(ref.notice_id, _user(body), now=clock())
+        except StoreError as error:
+            await _store_down(replies, body, "record your acknowledgement", error)
+            return
         await _redraw(replies, client, body, state, view_context(settings, clock()))
 
 
@@ -78,7 +82,11 @@ async def handle_snooze(
             return
         now = clock()
         until = now + timedelta(hours=ref.hours)
-        state = await store.snooze(ref.notice_id, _user(body), until=until, now=now)
+        try:
+            state = await store.snooze(ref.notice_id, _user(body), until=until, now=now)
+        except StoreError as error:
+            await _store_down(replies, body, "record your snooze", error)
+            return
         await _redraw(replies, client, body, state, view_context(settings, clock()))
 
 
@@ -98,7 +106,11 @@ async def handle_stale_list(
         if found is None:
             return
         ref, store = found
-        state = await store.notice_state(ref.notice_id)
+        try:
+            state = await store.notice_state(ref.notice_id)
+        except StoreError as error:
+            await _store_down(replies, body, "read this notice", error)
+            return
         if state is None or not state.alerts:
             await _answer(replies, body, build_unknown_notice())
             return
@@ -118,6 +130,13 @@ async def _notice_and_store(
         await _answer(replies, body, build_notices_off())
         return None
     return ref, store
+
+
+async def _store_down(replies: Replies, body: dict[str, Any], what: str, error: StoreError) -> None:
+    # The click changed nothing: say so, so the user tries again rather than trusting it.
+    log.warning("a click could not %s: %s", what, error, extra={"error": str(error)})
+    words = f"I could not {what}: the state store is unavailable. Please try again in a minute."
+    await _answer(replies, body, build_line(words))
 
 
 async def _redraw(

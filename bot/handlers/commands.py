@@ -10,7 +10,7 @@ from slack_bolt.context.ack.async_ack import AsyncAck
 
 from bot.blocks import PageRef, build_help, build_usage_error
 from bot.config import Settings
-from bot.handlers.pages import page_message
+from bot.handlers.pages import page_message, send_page
 from bot.inflight import InFlight
 from bot.intent import ListTasks, ShowHelp, parse_command
 from bot.kps import KPSClient
@@ -29,7 +29,10 @@ async def handle_kps(
     inflight: InFlight,
     clock: Callable[[], datetime],
 ) -> None:
-    """Help and usage errors go back in the ack; a page follows through `response_url`."""
+    """Help and usage errors go back in the ack; a page follows through `response_url`.
+
+    A KPS slower than `LOADING_AFTER` gets a Loading state there first, which the page replaces.
+    """
     intent = parse_command(command.get("text"))
     if isinstance(intent, ShowHelp):
         await ack(**build_help().as_payload())
@@ -40,5 +43,11 @@ async def handle_kps(
     # Ack first: Slack gives up after 3 seconds and KPS may be slower than that.
     async with acked(ack, inflight):
         ref = PageRef(offset=0, page_size=settings.page_size, query=intent.query)
-        message = await page_message(kps, settings, clock, ref)
-        await replies.send(command["response_url"], message)
+        await send_page(
+            replies,
+            command["response_url"],
+            page_message(kps, settings, clock, ref),
+            ref,
+            replace_original=False,
+            response_type="ephemeral",
+        )

@@ -9,6 +9,7 @@ from typing import Any
 
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.blockkit import redact_payload
 from bot.blocks import HomeSummary, PageRef, build_help, build_home, build_usage_error
 from bot.config import Settings
 from bot.errors import KPSError
@@ -82,9 +83,11 @@ async def handle_home(
             fetched_at=ctx.fetched_at,
             problems=await _problems(store),
             error=error,
+            queued=counts.queued,
         )
         view = build_home(summary, ctx, page_size=settings.page_size)
-        await client.views_publish(user_id=event["user"], view=view)
+        # The Home tab is no Message: its view is redacted here, where it leaves.
+        await client.views_publish(user_id=event["user"], view=redact_payload(view))
 
 
 async def _problems(store: Store | None) -> tuple[str, ...]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import random
 import secrets
 import shutil
@@ -17,17 +18,19 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import IO, Final, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from bot.config import Settings, TokenAuthSettings
 from bot.logs import configure_logging
 from bot.sandbox.fakeslack import FakeSlack
+from bot.sandbox.guard import is_loopback_bind
 from bot.sandbox.playground import Playground, PlaygroundConfig
 from bot.sandbox.simulator import SimTask, Simulator, seed_tasks
 from bot.secret import Secret
@@ -67,19 +70,32 @@ def demo_tasks(*, now: float, rng: random.Random, fresh: int = 32, stale: int = 
     return [*young, *old, *extra]
 
 
-def pick_port(host: str, wanted: int) -> int:
-    """`wanted` if it can be bound on `host` now, else a free port the system picks."""
-    for port in (wanted, 0) if wanted else (0,):
-        with socket.socket() as sock:
-            # As aiohttp binds: SO_REUSEADDR, so a port left in TIME_WAIT still counts as free.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((host, port))
-            except OSError:
-                continue
-            bound: int = sock.getsockname()[1]
-            return bound
-    raise OSError(f"no free port on {host}")
+async def start_on(what: str, wanted: int, start: Callable[[int], Awaitable[int]]) -> str | None:
+    """Run `start(wanted)`; if that port cannot be bound, `start(0)` (a free port).
+
+    `start` binds and returns the port it got, so there is no gap between finding a port free
+    and taking it. Returns a one-line note naming both ports when `what` had to move.
+    """
+    if not wanted:
+        await start(0)
+        return None
+    try:
+        await start(wanted)
+    except OSError as error:  # taken, or not ours (below 1024): any free one will do for a demo
+        why = (
+            "is taken" if error.errno == errno.EADDRINUSE else f"cannot be used ({error.strerror})"
+        )
+    else:
+        return None
+    port = await start(0)
+    return f"port {wanted} {why}, so {what} listens on port {port} instead"
+
+
+def _port_of(url: str) -> int:
+    port = urlsplit(url).port
+    if port is None:
+        raise RuntimeError(f"no port in {url}")
+    return port
 
 
 class Demo:
@@ -106,6 +122,7 @@ class Demo:
         self._bot: asyncio.Task[int] | None = None
         self.settings: Settings | None = None
         self.playground: Playground | None = None
+        self.moved: list[str] = []  # one line for each server that had to take another port
 
     @property
     def url(self) -> str:
@@ -122,10 +139,42 @@ class Demo:
     async def start(self) -> None:
         """Start the simulator, the stand-in with the playground, then the bot; wait until up."""
         options = self.options
+        self.moved = []
         # The simulator and the bot are only the playground's business: loopback whatever --host.
-        await self.sim.start("127.0.0.1", pick_port("127.0.0.1", options.sim_port))
-        bot_port = pick_port("127.0.0.1", options.bot_port)
+        self._note(await start_on("the KPS simulator", options.sim_port, self._start_sim))
         self._state_dir = Path(tempfile.mkdtemp(prefix="kps-demo-"))
+        self.playground = Playground(
+            self.slack,
+            PlaygroundConfig(
+                bot_url="",  # known once the bot listens
+                signing_secret=self._signing_secret,
+                sim_url=self.sim.url,
+                stale_after=options.stale_after,
+                stale_channel=STALE_CHANNEL,
+                poll_interval=options.poll_interval,
+            ),
+        )
+        self._note(await start_on("the playground", options.port, self._start_slack))
+        self._note(await start_on("the bot", options.bot_port, self._start_bot))
+        self.playground.use_bot(self.bot_url)
+        await self._wait_for_bot()
+
+    def _note(self, note: str | None) -> None:
+        if note is not None:
+            self.moved.append(note)
+
+    async def _start_sim(self, port: int) -> int:
+        await self.sim.start("127.0.0.1", port)
+        return _port_of(self.sim.url)
+
+    async def _start_slack(self, port: int) -> int:
+        await self.slack.start(self.options.host, port)
+        return _port_of(self.slack.url)
+
+    async def _start_bot(self, port: int) -> int:
+        """Serve the bot on `port`; its bound port once it listens, or what stopped it."""
+        assert self._state_dir is not None
+        options = self.options
         settings = Settings(
             slack_bot_token=Secret(self.slack.bot_token),
             project_id=PROJECT_ID,
@@ -134,7 +183,8 @@ class Demo:
             iam_endpoint=self.sim.url,
             region=REGION,
             slack_signing_secret=self._signing_secret,
-            port=bot_port,
+            slack_api_url=self.slack.api_url,
+            port=port,
             stale_channel_id=STALE_CHANNEL,
             stale_after=options.stale_after,
             poll_interval=options.poll_interval,
@@ -144,23 +194,30 @@ class Demo:
             kps_max_attempts=3,
             log_level=options.log_level,
         )
-        self.playground = Playground(
-            self.slack,
-            PlaygroundConfig(
-                bot_url=f"http://127.0.0.1:{bot_port}",
-                signing_secret=self._signing_secret,
-                sim_url=self.sim.url,
-                stale_after=options.stale_after,
-                stale_channel=STALE_CHANNEL,
-                poll_interval=options.poll_interval,
-            ),
+        bound: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        bot = asyncio.create_task(
+            serve(
+                settings,
+                stop=self._stop,
+                handle_signals=False,
+                host="127.0.0.1",
+                listening=bound.set_result,
+            )
         )
-        await self.slack.start(options.host, pick_port(options.host, options.port))
-        self.settings = replace(settings, slack_api_url=self.slack.api_url)
-        self._bot = asyncio.create_task(
-            serve(self.settings, stop=self._stop, handle_signals=False, host="127.0.0.1")
+        await asyncio.wait(
+            {bot, bound}, timeout=_BOT_START_SECONDS, return_when=asyncio.FIRST_COMPLETED
         )
-        await self._wait_for_bot()
+        if not bound.done():
+            if not bot.done():
+                bot.cancel()
+                with contextlib.suppress(BaseException):
+                    await bot
+                raise RuntimeError(f"the bot did not listen within {_BOT_START_SECONDS:g} s")
+            code = bot.result()  # raises what stopped it: OSError when the port is taken
+            raise RuntimeError(f"the bot stopped while starting (exit status {code})")
+        self._bot = bot
+        self.settings = replace(settings, port=bound.result())
+        return bound.result()
 
     async def _wait_for_bot(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,7 +225,7 @@ class Demo:
         async with aiohttp.ClientSession() as session:
             while loop.time() < deadline:
                 if self._bot is not None and self._bot.done():
-                    self._bot.result()  # raises what stopped it, e.g. the port was taken
+                    self._bot.result()  # raises what stopped it
                     raise RuntimeError("the bot stopped while starting")
                 with contextlib.suppress(aiohttp.ClientError):
                     async with session.get(self.bot_url + "/healthz") as answer:
@@ -210,8 +267,10 @@ def banner(demo: Demo, *, defaulted: bool) -> str:
     lines = []
     if defaulted:
         lines += ["No .env and no Slack or Huawei Cloud settings found, so this is the demo.", ""]
+    lines += exposure_warning(demo)
     lines += [
         "kps-bot demo: the real bot, a KPS simulator and a pretend Slack, all on this machine.",
+        *demo.moved,
         "",
         f"  Open the playground:  {demo.url}",
         "",
@@ -227,19 +286,86 @@ def banner(demo: Demo, *, defaulted: bool) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
+def exposure_warning(demo: Demo) -> list[str]:
+    """Loud lines when the playground listens beyond loopback (--host), else none."""
+    host = demo.options.host
+    if is_loopback_bind(host):
+        return []
+    port = urlsplit(demo.slack.url).port
+    wildcard = host in ("", "0.0.0.0", "::")
+    where = "on every network interface" if wildcard else "an address others can reach"
+    shown = f"[{host}]" if ":" in host else host or "0.0.0.0"
+    lines = [
+        "!" * 78,
+        f"!! WARNING: the playground listens on {shown}:{port}, {where},",
+        "!! not only on loopback. Anyone who can reach it can use it with no login: send",
+        "!! /kps as you, click buttons, make KPS fail, read every message the bot sent.",
+        "!! Leave out --host unless you mean that.",
+    ]
+    # As IP addresses: a request addressed to a name other than localhost is refused (guard.py).
+    addresses = _addresses_of(socket.gethostname() if wildcard else host)
+    lines += [f"!! Reachable at http://{_bracketed(a)}:{port}/" for a in addresses]
+    if not addresses:
+        lines.append(f"!! Reachable at http://<this machine's IP address>:{port}/")
+    return [*lines, "!" * 78, ""]
+
+
+def _addresses_of(name: str) -> list[str]:
+    """The non-loopback IP addresses `name` resolves to (best effort: none if it does not)."""
+    found: list[str] = []
+    with contextlib.suppress(OSError):
+        for *_, sockaddr in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
+            address = str(sockaddr[0])
+            if not is_loopback_bind(address) and address not in found:
+                found.append(address)
+    return found
+
+
+def _bracketed(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's command line."""
     parser = argparse.ArgumentParser(
         prog="python -m bot demo",
         description="Run the bot against a KPS simulator and a Slack playground in the browser.",
     )
     defaults = DemoOptions()
     parser.add_argument(
-        "--port", type=int, default=defaults.port, help="playground port (0: any free one)"
+        "--port",
+        type=int,
+        default=defaults.port,
+        metavar="N",
+        help="TCP port of the playground page, the one to open (default %(default)s; 0: any free"
+        " one; a taken port falls back to a free one, and the terminal says which)",
     )
-    parser.add_argument("--bot-port", type=int, default=defaults.bot_port)
-    parser.add_argument("--sim-port", type=int, default=defaults.sim_port)
-    parser.add_argument("--host", default=defaults.host, help="where the playground listens")
-    parser.add_argument("--seed", type=int, help="random seed for reproducible tasks")
+    parser.add_argument(
+        "--bot-port",
+        type=int,
+        default=defaults.bot_port,
+        metavar="N",
+        help="TCP port the bot's /slack/events listens on, on 127.0.0.1 (default %(default)s;"
+        " 0 or taken: a free one)",
+    )
+    parser.add_argument(
+        "--sim-port",
+        type=int,
+        default=defaults.sim_port,
+        metavar="N",
+        help="TCP port of the KPS/IAM simulator, on 127.0.0.1 (default %(default)s; 0 or taken:"
+        " a free one)",
+    )
+    parser.add_argument(
+        "--host",
+        default=defaults.host,
+        metavar="ADDRESS",
+        help="IP address the playground listens on (default %(default)s, this machine only);"
+        " 0.0.0.0 lets anyone on the network use it, with no login",
+    )
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="random seed: the same N, the same seeded tasks"
+    )
     parser.add_argument("--verbose", action="store_true", help="log every request the bot gets")
     return parser
 
@@ -260,7 +386,7 @@ async def run(options: DemoOptions, *, defaulted: bool = False, out: IO[str] = s
 
 def main(argv: Sequence[str] = (), *, defaulted: bool = False) -> int:
     """`python -m bot demo [--port N] …`; returns the exit status."""
-    args = _parser().parse_args(list(argv))
+    args = build_parser().parse_args(list(argv))
     options = DemoOptions(
         host=args.host,
         port=args.port,

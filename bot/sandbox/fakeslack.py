@@ -22,6 +22,8 @@ from typing import Any, Final, Literal, Self
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
+from bot.sandbox.guard import guarded
+
 log = logging.getLogger(__name__)
 
 _BOT_ID: Final = "B0BOT"
@@ -186,11 +188,12 @@ class FakeSlack:
         app.router.add_post("/response/{rid}", self._response)
         app.router.add_get("/socket", self._socket)
         app.router.add_get("/healthz", _healthz)
-        app.router.add_get("/_fake/calls", self._admin_calls)
-        app.router.add_get("/_fake/messages", self._admin_messages)
-        app.router.add_post("/_fake/fail", self._admin_fail)
-        app.router.add_post("/_fake/socket", self._admin_socket)
-        app.router.add_post("/_fake/disconnect", self._admin_disconnect)
+        # No login on these: only a local Host, and JSON on a POST (see bot.sandbox.guard).
+        app.router.add_get("/_fake/calls", guarded(self._admin_calls))
+        app.router.add_get("/_fake/messages", guarded(self._admin_messages))
+        app.router.add_post("/_fake/fail", guarded(self._admin_fail))
+        app.router.add_post("/_fake/socket", guarded(self._admin_socket))
+        app.router.add_post("/_fake/disconnect", guarded(self._admin_disconnect))
         for mount in self._mounts:
             mount(app)
         # access_log=None: request lines are noise in test output and the soak's logs.
@@ -867,18 +870,54 @@ async def _serve(standin: FakeSlack, host: str, port: int) -> None:
         await standin.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the stand-in until SIGINT/SIGTERM; print its api_url as the first stdout line."""
+def build_parser() -> argparse.ArgumentParser:
+    """The stand-in's command line."""
     parser = argparse.ArgumentParser(
         prog="python -m bot.sandbox.fakeslack", description="A local Slack Web API stand-in."
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8082, help="0 picks a free port")
-    parser.add_argument("--rate", type=float, default=None, help="chat.postMessage/s per channel")
-    parser.add_argument("--burst", type=float, default=2.0, help="burst allowed above --rate")
-    parser.add_argument("--bot-token", default="xoxb-test")
-    parser.add_argument("--app-token", default="xapp-test")
-    options = parser.parse_args(argv)
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="IP address to listen on (default %(default)s, this machine only; the admin API"
+        " under /_fake/ has no login)",
+    )
+    parser.add_argument(
+        "--port", type=int, default=8082, metavar="N", help="TCP port (default %(default)s; 0: any)"
+    )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        metavar="PER_SECOND",
+        help="chat.postMessage calls per second allowed per channel, the rest answered 429"
+        " (default: no limit)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=float,
+        default=2.0,
+        metavar="CALLS",
+        help="calls allowed at once above --rate (default %(default)g)",
+    )
+    parser.add_argument(
+        "--bot-token",
+        default="xoxb-test",
+        metavar="TOKEN",
+        help="the bot token the Web API accepts (default %(default)s)",
+    )
+    parser.add_argument(
+        "--app-token",
+        default="xapp-test",
+        metavar="TOKEN",
+        help="the app-level token apps.connections.open accepts (default %(default)s)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the stand-in until SIGINT/SIGTERM; print its api_url as the first stdout line."""
+    options = build_parser().parse_args(argv)
     standin = FakeSlack(
         bot_token=options.bot_token,
         app_token=options.app_token,

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from importlib import resources
 from typing import Any, Final
@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from bot.sandbox.fakeslack import Call, FakeSlack
+from bot.sandbox.guard import guarded
 from bot.sandbox.playground.payloads import (
     SlackRequest,
     Workspace,
@@ -64,7 +65,9 @@ _KEEPALIVE_SECONDS: Final = 15.0
 class PlaygroundConfig:
     """Where the bot and the simulator are, and what the page tells the user about them."""
 
-    bot_url: str  # the bot's base URL; requests go to {bot_url}/slack/events
+    # The bot's base URL (requests go to {bot_url}/slack/events); "" until `use_bot` says it,
+    # since the bot learns its port only after the stand-in it talks to has started.
+    bot_url: str
     signing_secret: Secret
     sim_url: str
     stale_after: timedelta = timedelta(minutes=30)
@@ -95,18 +98,24 @@ class Playground:
         slack.mount(self._mount)
         slack.subscribe(self._on_call)
 
+    def use_bot(self, bot_url: str) -> None:
+        """Send what the person does to the bot at `bot_url` from now on."""
+        self._config = replace(self._config, bot_url=bot_url)
+
     # -- wiring ---------------------------------------------------------------------------------
 
     def _mount(self, app: web.Application) -> None:
-        app.router.add_get("/", self._page)
-        app.router.add_get("/playground/static/{name}", self._static)
-        app.router.add_get("/playground/state", self._state)
-        app.router.add_get("/playground/events", self._events)
-        app.router.add_post("/playground/send", self._send)
-        app.router.add_post("/playground/click", self._click)
-        app.router.add_post("/playground/home", self._home)
-        app.router.add_get("/playground/sim/tasks", self._sim_tasks)
-        app.router.add_post("/playground/sim/{op}", self._sim_op)
+        # Every route: the page can act as the demo user and read all it saw, with no login, so
+        # only a local Host is answered and a POST must be JSON (see bot.sandbox.guard).
+        app.router.add_get("/", guarded(self._page))
+        app.router.add_get("/playground/static/{name}", guarded(self._static))
+        app.router.add_get("/playground/state", guarded(self._state))
+        app.router.add_get("/playground/events", guarded(self._events))
+        app.router.add_post("/playground/send", guarded(self._send))
+        app.router.add_post("/playground/click", guarded(self._click))
+        app.router.add_post("/playground/home", guarded(self._home))
+        app.router.add_get("/playground/sim/tasks", guarded(self._sim_tasks))
+        app.router.add_post("/playground/sim/{op}", guarded(self._sim_op))
         app.on_startup.append(self._open)
         app.on_shutdown.append(self._end_streams)
         app.on_cleanup.append(self._close)

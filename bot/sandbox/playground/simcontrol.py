@@ -27,7 +27,7 @@ _SERVERS: Final = (
 )
 _KEYPAIRS: Final = ("KeyPair-ops-2025", "kp-deploy-ci", "team-sre-ed25519", "kp-k8s-nodes")
 # What a failed task says in the demo; KPS's own codes are undocumented beyond KPS.0002
-# (research/kps-api.md §3), so this one is labelled as made up.
+# (../shared/research/kps-api.md §3), so this one is labelled as made up.
 _FAILURE: Final = {
     "error_code": "KPS.DEMO1",
     "error_msg": "The server did not answer the key pair injection (simulated failure)",
@@ -103,7 +103,10 @@ class SimControl:
     async def _call(
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
-        async with self._session.request(method, self._base + path, json=body) as response:
+        # Every call but a GET carries a JSON body, even an empty one: the admin API takes a POST
+        # only as JSON (its guard against web pages), and the rest are sent alike.
+        sent = None if method == "GET" else (body or {})
+        async with self._session.request(method, self._base + path, json=sent) as response:
             try:
                 answer = await response.json(content_type=None)
             except ValueError:

@@ -1,4 +1,7 @@
-"""The admin API under `/_sim/`: no auth, for a demo, soak or benchmark in another process."""
+"""The admin API under `/_sim/`: no auth, for a demo, soak or benchmark in another process.
+
+No login, so every route answers only a local `Host`, and a POST only JSON (bot.sandbox.guard).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from aiohttp import web
 
+from bot.sandbox.guard import guarded
 from bot.sandbox.simulator.answers import json_response
 from bot.sandbox.simulator.faults import Fault
 from bot.sandbox.simulator.tasks import SimTask
@@ -22,16 +26,16 @@ PREFIX: Final = "/_sim/"
 def register(router: web.UrlDispatcher, sim: Simulator) -> None:
     """Add the `/_sim/` routes that read and steer `sim`."""
     admin = _Admin(sim)
-    router.add_get("/_sim/tasks", admin.list_tasks)
-    router.add_post("/_sim/tasks", admin.add_task)
-    router.add_post("/_sim/tasks/{task_id}/finish", admin.finish_task)
-    router.add_post("/_sim/tasks/{task_id}/age", admin.age_task)
-    router.add_post("/_sim/faults", admin.inject)
-    router.add_delete("/_sim/faults", admin.clear_faults)
-    router.add_put("/_sim/latency", admin.latency)
-    router.add_put("/_sim/token-lifetime", admin.token_lifetime)
-    router.add_post("/_sim/tokens/expire", admin.expire_tokens)
-    router.add_get("/_sim/stats", admin.stats)
+    router.add_get("/_sim/tasks", guarded(admin.list_tasks))
+    router.add_post("/_sim/tasks", guarded(admin.add_task))
+    router.add_post("/_sim/tasks/{task_id}/finish", guarded(admin.finish_task))
+    router.add_post("/_sim/tasks/{task_id}/age", guarded(admin.age_task))
+    router.add_post("/_sim/faults", guarded(admin.inject))
+    router.add_delete("/_sim/faults", guarded(admin.clear_faults))
+    router.add_put("/_sim/latency", guarded(admin.latency))
+    router.add_put("/_sim/token-lifetime", guarded(admin.token_lifetime))
+    router.add_post("/_sim/tokens/expire", guarded(admin.expire_tokens))
+    router.add_get("/_sim/stats", guarded(admin.stats))
 
 
 class _BadRequest(Exception):

@@ -12,22 +12,64 @@ from bot.sandbox.simulator.server import Simulator
 from bot.sandbox.simulator.tasks import seed_tasks
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
     parser = argparse.ArgumentParser(
         prog="python -m bot.sandbox.simulator",
         description="Run the KPS/IAM simulator until Ctrl-C or SIGTERM.",
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8081, help="0 picks a free port")
-    parser.add_argument("--tasks", type=int, default=37, help="running tasks to seed")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        metavar="ADDRESS",
+        help="IP address to listen on (default %(default)s, this machine only; the admin API"
+        " under /_sim/ has no login)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=8081,
+        metavar="N",
+        help="TCP port (default %(default)s; 0: any free one)",
+    )
+    parser.add_argument(
+        "--tasks",
+        type=int,
+        default=37,
+        metavar="N",
+        help="running tasks to seed (default %(default)s)",
+    )
     parser.add_argument("--token", help="a static X-Auth-Token that never expires")
     parser.add_argument("--user", metavar="DOMAIN:USER:PASSWORD", help="an IAM password user")
     parser.add_argument("--aksk", metavar="AK:SK", help="an AK/SK pair for request signing")
-    parser.add_argument("--seed", type=int, help="random seed for reproducible tasks")
-    parser.add_argument("--latency", type=float, default=0.0, help="seconds per KPS answer")
-    parser.add_argument("--token-lifetime", type=float, default=86400.0)
-    parser.add_argument("--project-id", default="0f1e2d3c4b5a69788796a5b4c3d2e1f0")
-    parser.add_argument("--project-name", default="cn-north-4")
+    parser.add_argument(
+        "--seed", type=int, metavar="N", help="random seed: the same N, the same seeded tasks"
+    )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="delay added to every KPS answer, in seconds (default %(default)s)",
+    )
+    parser.add_argument(
+        "--token-lifetime",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="how long an IAM token it issues stays valid, in seconds (default %(default)g, a day)",
+    )
+    parser.add_argument(
+        "--project-id",
+        default="0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+        help="the project id KPS paths must carry (default %(default)s)",
+    )
+    parser.add_argument(
+        "--project-name",
+        default="cn-north-4",
+        metavar="REGION",
+        help="the project (region) name IAM scopes tokens to (default %(default)s)",
+    )
     return parser
 
 
@@ -100,7 +142,7 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the simulator standalone with seeded tasks; returns the exit status."""
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -11,7 +12,7 @@ from aiohttp import web
 from bot.sandbox.simulator.answers import JSON, error_body, json_response, phrase
 
 FAULT_KINDS: Final = frozenset(
-    {"status", "latency", "garbage", "wrong_types", "retry_after", "disconnect", "html"}
+    {"status", "latency", "garbage", "wrong_types", "retry_after", "disconnect", "html", "echo"}
 )
 ERROR_SHAPES: Final = frozenset({"flat", "nested", "apig", "keystone", "text"})
 IAM_PREFIX: Final = "/v3/auth"
@@ -86,7 +87,7 @@ class FaultQueue:
 
 
 def fault_response(fault: Fault, request_id: str) -> web.Response:
-    """The answer a fault gives in place of the real one (not for latency or disconnect)."""
+    """The answer a fault gives in place of the real one (not for latency, disconnect, echo)."""
     kind = fault.kind
     if kind == "garbage":
         # Claims JSON, is not: a client must not trust the Content-Type.
@@ -113,6 +114,18 @@ def fault_response(fault: Fault, request_id: str) -> web.Response:
         )
     body = error_body(fault.shape, fault.status, fault.error_code, fault.error_msg, request_id)
     return json_response(fault.status, body, headers)
+
+
+def echo_response(
+    fault: Fault, request_id: str, request: str, headers: Mapping[str, str], body: str
+) -> web.Response:
+    """An error whose message quotes the request, credentials and all, as some gateways do."""
+    sent = "; ".join(f"{name}: {value}" for name, value in headers.items())
+    message = f"{fault.error_msg}. Request: {request} body {body or '(none)'} headers {{{sent}}}"
+    if fault.shape == "text":
+        return web.Response(status=fault.status, text=message, content_type="text/plain")
+    shaped = error_body(fault.shape, fault.status, fault.error_code, message, request_id)
+    return json_response(fault.status, shaped)
 
 
 def _wrong_types_body() -> dict[str, Any]:

@@ -36,7 +36,13 @@ from bot.sandbox.simulator.answers import (
     kps_error,
     task_json,
 )
-from bot.sandbox.simulator.faults import IAM_PREFIX, Fault, FaultQueue, fault_response
+from bot.sandbox.simulator.faults import (
+    IAM_PREFIX,
+    Fault,
+    FaultQueue,
+    echo_response,
+    fault_response,
+)
 from bot.sandbox.simulator.signing import check_signature
 from bot.sandbox.simulator.tasks import SimTask, TaskList
 
@@ -130,7 +136,11 @@ class Simulator:
             app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0
         )
         await runner.setup()
-        await web.TCPSite(runner, host, port).start()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError:  # the port is taken: leave nothing half-started behind
+            await runner.cleanup()
+            raise
         bound_host, bound_port = runner.addresses[0][:2]
         self._runner = runner
         self._url = f"http://{bound_host}:{bound_port}"
@@ -301,6 +311,10 @@ class Simulator:
                 return web.Response(status=500)  # never reaches the client
             if fault.kind == "latency":
                 await asyncio.sleep(fault.delay)
+            elif fault.kind == "echo":
+                line = f"{request.method} {request.path_qs}"
+                body = await request.text()
+                response = echo_response(fault, request_id, line, request.headers, body)
             else:
                 response = fault_response(fault, request_id)
         if response is None and kps:

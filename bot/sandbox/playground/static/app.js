@@ -393,6 +393,20 @@
     return task.task_time_ms === null ? 0 : (Date.now() - task.task_time_ms) / 60000;
   }
 
+  // Server names repeat (several tasks on one server, or the same name in two projects), so a
+  // label names the operation and the age too, and the task id where even those match.
+  function taskLabels(tasks, limit) {
+    const labels = tasks.map((task) => {
+      const age = Math.floor(minutesOld(task));
+      const [state, op] = task.status.split("_");
+      const doing = (op || task.status).toLowerCase() + (state === "READY" ? " (queued)" : "");
+      return `${task.server_name} · ${doing} · ${age} min${age >= limit ? " (stale)" : ""}`;
+    });
+    const seen = new Map();
+    labels.forEach((label) => seen.set(label, (seen.get(label) || 0) + 1));
+    return labels.map((label, i) => (seen.get(label) > 1 ? `${label} · ${tasks[i].task_id}` : label));
+  }
+
   function renderTasks() {
     if (!state.config) return;
     const limit = state.config.stale_after_minutes;
@@ -407,10 +421,9 @@
     const select = $("task-select");
     const keep = state.selectedTask || select.value;
     select.replaceChildren();
-    running.forEach((task) => {
-      const age = Math.floor(minutesOld(task));
-      const label = `${task.server_name} · ${age} min${age >= limit ? " (stale)" : ""}`;
-      const option = el("option", null, label);
+    const labels = taskLabels(running, limit);
+    running.forEach((task, index) => {
+      const option = el("option", null, labels[index]);
       option.value = task.task_id;
       option.title = `${task.keypair_name} · ${task.operate_type} · ${task.task_id}`;
       select.appendChild(option);
