@@ -343,11 +343,12 @@ def _kill_before(record: Record, call: Call, later: Call) -> Kill | None:
 
 
 def _store_lost_after(record: Record, call: Call, later: Call) -> float | None:
-    """When the store went away, if that was within KILL_WINDOW after `call` and before `later`."""
+    """When the store went away, if `call` was accepted while it was away (or within
+    KILL_WINDOW before): the outbox could not mark it sent, so `later` repeats it."""
     if record.store_away is None:
         return None
-    away = record.store_away[0]
-    return away if call.time <= away <= call.time + KILL_WINDOW and away < later.time else None
+    away, back = record.store_away
+    return away if away - KILL_WINDOW <= call.time <= back and later.time > back else None
 
 
 def judge(
@@ -389,8 +390,11 @@ def judge(
                 explained.append(task_id)
                 repeats.append(
                     f"{task_id} {what} twice: Slack accepted the first"
-                    f" {away - ms[0].call.time:.3f} s before the store went away, repeated"
-                    f" {ms[1].call.time - away:.1f} s after it"
+                    f" {ms[0].call.time - away:+.3f} s from the store going away (it was away"
+                    f" until {record.store_away[1] - away:.1f} s), so the outbox could not mark"
+                    f" it sent; repeated {ms[1].call.time - away:.1f} s after it went away"
+                    if record.store_away
+                    else ""
                 )
             else:
                 twice.append(task_id)
