@@ -1,8 +1,8 @@
 """The fault soak: the real bot against a failing KPS and a failing Slack, killed three times.
 
-`python -m bench.soak [--seconds 120] [--short] [--replicas] [--seed N]` runs `python -m bot`
-(LOG_FORMAT=json, POLL_INTERVAL_SECONDS=1, its stderr kept per process) against the KPS
-simulator and the Slack stand-in, both in this process on loopback, for a bounded time:
+`python -m bench.soak [--seconds 120] [--short] [--replicas] [--poison] [--seed N]` runs
+`python -m bot` (LOG_FORMAT=json, POLL_INTERVAL_SECONDS=1, its stderr kept per process) against
+the KPS simulator and the Slack stand-in, both in this process on loopback, for a bounded time:
 
 - tasks appear (already stale, about to go stale, fresh), and finish at random, succeeding or
   failing;
@@ -12,6 +12,14 @@ simulator and the Slack stand-in, both in this process on loopback, for a bounde
 - about 10 % of Slack Web API calls are answered 429 (Retry-After: 1), 500 or 503;
 - the bot is killed with SIGKILL and restarted three times (`--replicas`: two bot processes
   share a fresh PostgreSQL database and the leader is the one killed).
+
+`--poison` adds hostile input (issue 10): 5 % of the tasks are poison records (ids with a
+newline, `/`, `?`, `#` or `%2F`; a NUL, a lone surrogate or control characters in a name;
+10,000-character names; wrongly typed fields; a task_time in seconds; ids no store can key),
+Slack also answers with an HTML page, garbage JSON, a JSON array and a 500 with a text body,
+and the store (a fresh PostgreSQL database) goes away for 20 s: connections are cut and
+refused, then allowed again. The normal tasks are judged as before; a poison record the bot
+cannot use must never be announced.
 
 Then the churn and the faults stop, the bot is given time to catch up, and it is stopped with
 SIGTERM. The checks read the stand-in's record of accepted calls and the simulator's record of
@@ -26,7 +34,14 @@ what it answered:
 4. the bots' logs hold no unhandled exception: no traceback at any level and no ERROR line,
    except "watching is impaired" (the designed notice after three failed scans in a row);
    a last line cut short by SIGKILL is not counted;
-5. the final SIGTERM stops every bot with exit status 0.
+5. no watcher step failed, except while the store was away (a scan a poison record stopped
+   would fail its step); the store's own errors then are counted apart;
+6. only when the store was sent away: an impaired notice was posted after it went away;
+7. no configured secret (Slack bot token, signing secret, KPS tokens) appears in any Slack
+   call the stand-in received or in any log line;
+8. nothing was dropped: no outbox row was given up (every Slack failure in the soak is
+   transient);
+9. the final SIGTERM stops every bot with exit status 0.
 
 A task counts as "stale for a whole complete scan" when a bot process got a successful
 running-tasks answer listing it as running and stale (with 10 s to spare, so a scan that
@@ -37,7 +52,9 @@ decision. Each bot process gets its own KPS token, which tells the simulator who
 Delivery is at least once (bot/watcher.py): a SIGKILL after Slack accepted a post and before
 the outbox marked it sent repeats that post. The soak kills at a quiet moment (no outbox row
 pending, no Slack call in between), so that window is avoided; a repeat that still follows a
-kill within a second of an accepted call is reported apart, with its reason, not hidden.
+kill within a second of an accepted call is reported apart, with its reason, not hidden. The
+store going away in that moment is the same window, and a repeat it explains is reported the
+same way.
 """
 
 from __future__ import annotations
@@ -47,6 +64,7 @@ import asyncio
 import getpass
 import json
 import random
+import re
 import secrets
 import sys
 import tempfile
@@ -54,6 +72,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +83,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bench.notices import (
     CHANNEL,
     PROJECT_ID,
+    SIGNING_SECRET,
     STALE_MINUTES,
     UUID,
     BotProcess,
@@ -99,7 +119,32 @@ KPS_FAULTS: tuple[tuple[str, Fault], ...] = (
     ("429", Fault("status", status=429, error_code="APIG.0308", error_msg="over ratelimit")),
     ("disconnect", Fault("disconnect")),
 )
-SLACK_FAULTS = ((429, "ratelimited"), (500, "internal_error"), (503, "service_unavailable"))
+SLACK_FAULTS: tuple[tuple[int, str | None, str | None], ...] = (
+    (429, "ratelimited", None),
+    (500, "internal_error", None),
+    (503, "service_unavailable", None),
+)
+# A proxy or a broken Slack (issue 10, item 6): none of these is a refusal, all are retried.
+ODD_SLACK_FAULTS: tuple[tuple[int, str | None, str | None], ...] = (
+    (200, None, "html"),
+    (200, None, "garbage"),
+    (200, None, "array"),
+    (500, None, "text"),
+)
+POISON_KINDS = (
+    "odd-id",
+    "nul",
+    "surrogate",
+    "control",
+    "long-name",
+    "wrong-type",
+    "seconds",
+    "bad-id",
+)
+# What a log line may hold while the store is away: the store's own errors, nothing else.
+STORE_TRACE = re.compile(r"sqlalchemy\.exc\.|asyncpg\.exceptions|ConnectionRefusedError")
+IMPAIRED = "is impaired"  # words of the impaired notice (bot/notices.py)
+STORE_SETTLE = 10.0  # seconds after the store is back in which its errors may still surface
 
 
 @dataclass(frozen=True)
@@ -116,6 +161,16 @@ class SoakSettings:
     settle: float = 2.0  # then this long more, to see any late repeat
     log_dir: Path | None = None
     pg_admin_database: str = "test"
+    poison: float = 0.0  # share of added tasks that are poison records
+    odd_slack: bool = False  # Slack faults include HTML, garbage, array and text bodies
+    store_outage: float = 0.0  # seconds the store is away, once (PostgreSQL)
+
+    @classmethod
+    def poisoned(cls, **changes: Any) -> SoakSettings:
+        """The poison variant: 5 % poison records, odd Slack answers, the store away 20 s."""
+        fields: dict[str, Any] = {"poison": 0.05, "odd_slack": True, "store_outage": 20.0}
+        fields.update(changes)
+        return cls(**fields)
 
 
 # --- ground truth ----------------------------------------------------------------------------
@@ -126,10 +181,16 @@ class TaskLife:
     """One task as the soak made it: when it started, and how and when it finished."""
 
     task_id: str
-    kind: str  # stale, burst, aging or fresh
+    kind: str  # stale, burst, aging, fresh, or poison-<what>
     started_ms: int
     finished_at: float | None = None
     status: str | None = None  # what KPS reports once it finished
+    usable: bool = True  # False: a record the bot must leave out, never announce
+
+    @property
+    def poison(self) -> bool:
+        """A hostile record, not judged as a normal task."""
+        return self.kind.startswith("poison")
 
     def stale_while_running(self, until: float) -> bool:
         """Was it ever running at least STALE_MINUTES (before it finished, or `until`)?"""
@@ -170,6 +231,8 @@ class Record:
     kills: list[Kill] = field(default_factory=list)
     churn_ended: float | None = None
     exits: dict[str, int] = field(default_factory=dict)  # final SIGTERM exit statuses
+    store_away: tuple[float, float] | None = None  # when the store was cut off, and back
+    dead_rows: int = 0  # outbox rows given up at the end
 
 
 # --- reading the stand-in's record -----------------------------------------------------------
@@ -240,7 +303,7 @@ class SoakReport:
     seed: int
     lines: list[str]
     checks: list[Check]
-    repeats: list[str]  # at-least-once repeats put down to a kill, with the reason
+    repeats: list[str]  # at-least-once repeats put down to a kill or the store lost, with why
     log_dir: Path
 
     @property
@@ -254,8 +317,8 @@ class SoakReport:
         out.append("checks:")
         out += [f"  [{'ok' if c.ok else 'FAILED'}] {c.name}: {c.detail}" for c in self.checks]
         out.append(
-            "at-least-once repeats (a SIGKILL between Slack accepting a post and the outbox"
-            f" marking it sent): {len(self.repeats)}"
+            "at-least-once repeats (a SIGKILL, or the store lost, between Slack accepting a post"
+            f" and the outbox marking it sent): {len(self.repeats)}"
         )
         out += [f"  {r}" for r in self.repeats]
         out.append(f"result: {'PASSED' if self.ok else 'FAILED'} (logs in {self.log_dir})")
@@ -279,10 +342,19 @@ def _kill_before(record: Record, call: Call, later: Call) -> Kill | None:
     return None
 
 
+def _store_lost_after(record: Record, call: Call, later: Call) -> float | None:
+    """When the store went away, if `call` was accepted while it was away (or within
+    KILL_WINDOW before): the outbox could not mark it sent, so `later` repeats it."""
+    if record.store_away is None:
+        return None
+    away, back = record.store_away
+    return away if away - KILL_WINDOW <= call.time <= back and later.time > back else None
+
+
 def judge(
     record: Record, calls: list[Call], until: float, held: set[str]
 ) -> tuple[list[Check], list[str]]:
-    """Checks 1-3, and the repeats a kill explains.
+    """Checks 1-3, and the repeats a kill (or the store's going away) explains.
 
     `held`: tasks whose notice still has a row claimed by a killed process; what they miss is
     reported as waiting for that claim to expire, not as lost.
@@ -304,6 +376,7 @@ def judge(
                 continue
             ms = sorted(ms, key=lambda m: m.call.time)
             kill = _kill_before(record, ms[0].call, ms[1].call)
+            away = _store_lost_after(record, ms[0].call, ms[1].call)
             if kill is not None and len(ms) == 2:
                 explained.append(task_id)
                 repeats.append(
@@ -311,6 +384,17 @@ def judge(
                     f" {kill.at - ms[0].call.time:.3f} s before the SIGKILL of {kill.victim}"
                     f" ({'quiet' if kill.quiet else 'not quiet'} moment), repeated"
                     f" {ms[1].call.time - kill.at:.1f} s after it"
+                )
+            elif away is not None and len(ms) == 2:
+                # The same window with the database lost instead of the process (bot/watcher.py).
+                explained.append(task_id)
+                repeats.append(
+                    f"{task_id} {what} twice: Slack accepted the first"
+                    f" {ms[0].call.time - away:+.3f} s from the store going away (it was away"
+                    f" until {record.store_away[1] - away:.1f} s), so the outbox could not mark"
+                    f" it sent; repeated {ms[1].call.time - away:.1f} s after it went away"
+                    if record.store_away
+                    else ""
                 )
             else:
                 twice.append(task_id)
@@ -357,7 +441,9 @@ def judge(
     never = sorted(
         task_id
         for task_id in announced
-        if task_id not in record.tasks or not record.tasks[task_id].stale_while_running(until)
+        if task_id not in record.tasks
+        or not record.tasks[task_id].stale_while_running(until)
+        or not record.tasks[task_id].usable
     )
     still_running = sorted(
         task_id
@@ -366,7 +452,7 @@ def judge(
     )
     checks.append(
         Check(
-            "no notice names a task never stale; no reply ends a running task",
+            "no notice names a task never stale or unusable; no reply ends a running task",
             not never and not still_running,
             f"named but never stale {len(never)}{_some(never)};"
             f" resolved while running {len(still_running)}{_some(still_running)}",
@@ -402,10 +488,18 @@ class LogVerdict:
     expected: Counter[str] = field(default_factory=Counter)
     unexpected: list[str] = field(default_factory=list)
     cut: int = 0  # last lines cut short by SIGKILL
+    store_away: int = 0  # store errors logged while the store was away (expected)
+    steps_failed: list[str] = field(default_factory=list)  # outside the store's outage
 
 
-def read_logs(bots: Iterable[BotProcess], killed: set[str]) -> LogVerdict:
-    """Classify every line of every bot's log (see check 4 in the module docstring)."""
+def read_logs(
+    bots: Iterable[BotProcess], killed: set[str], away: tuple[float, float] | None = None
+) -> LogVerdict:
+    """Classify every line of every bot's log (checks 4 and 5 in the module docstring).
+
+    `away`: when the store was cut off and back; a line logged then (or within STORE_SETTLE
+    after) whose traceback is the store's own is counted apart, as expected.
+    """
     verdict = LogVerdict()
     for bot in bots:
         lines = bot.log_text().splitlines()
@@ -428,6 +522,11 @@ def read_logs(bots: Iterable[BotProcess], killed: set[str]) -> LogVerdict:
             message = str(entry.get("message", ""))
             if level == "WARNING":
                 verdict.warnings += 1
+            if _while_away(entry, away) and STORE_TRACE.search(str(entry.get("exc", ""))):
+                verdict.store_away += 1
+                continue
+            if message.startswith("watcher step failed"):
+                verdict.steps_failed.append(f"{bot.name}: {message[:200]}")
             if "exc" in entry:
                 verdict.unexpected.append(
                     f"{bot.name}: {level} {message[:200]} | {str(entry['exc'])[-600:]}"
@@ -439,6 +538,36 @@ def read_logs(bots: Iterable[BotProcess], killed: set[str]) -> LogVerdict:
                 else:
                     verdict.unexpected.append(f"{bot.name}: {level} {message[:300]}")
     return verdict
+
+
+def _while_away(entry: dict[str, Any], away: tuple[float, float] | None) -> bool:
+    if away is None:
+        return False
+    try:
+        at = datetime.fromisoformat(str(entry.get("time", "")).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return False
+    return away[0] - 1.0 <= at <= away[1] + STORE_SETTLE
+
+
+def find_secrets(
+    secrets: Iterable[str], calls: Iterable[Call], logs: Iterable[tuple[str, str]]
+) -> list[str]:
+    """Where a secret value appears: in a Slack call's arguments or a line of a (name, log)."""
+    values = [v for v in secrets if v]
+    found: list[str] = []
+    for call in calls:
+        text = json.dumps(call.args, ensure_ascii=False, default=str)
+        found += [f"{call.method} call names secret {_clip(v)}" for v in values if v in text]
+    for name, log_text in logs:
+        for number, line in enumerate(log_text.splitlines(), 1):
+            found += [f"{name} line {number} names secret {_clip(v)}" for v in values if v in line]
+    return found
+
+
+def _clip(secret: str) -> str:
+    # The report must not print what it looks for.
+    return f"{secret[:4]}… ({len(secret)} characters)"
 
 
 # --- faults ----------------------------------------------------------------------------------
@@ -453,6 +582,7 @@ class Faults:
         self._rng = rng
         self._kps_rate = settings.kps_fault_rate
         self._slack_rate = settings.slack_fault_rate
+        self._slack_faults = SLACK_FAULTS + (ODD_SLACK_FAULTS if settings.odd_slack else ())
         self._faulted: set[int] = set()  # ids of the RecordedRequests given a fault
 
     def pick(self, request: RecordedRequest) -> Fault | None:
@@ -478,27 +608,60 @@ class Faults:
 
         def arm(method: str) -> None:
             if self.active and self._rng.random() < self._slack_rate:
-                status, error = self._rng.choice(SLACK_FAULTS)
-                slack.fail_next(method, status=status, error=error, retry_after=1)
+                status, error, body = self._rng.choice(self._slack_faults)
+                slack.fail_next(method, status=status, error=error, retry_after=1, body=body)
 
         def listen(call: Call) -> None:
             if call.method == "response_url":
                 return
-            if not call.ok and call.status in (429, 500, 503):
-                self._record.slack_faults[f"{call.method} {call.status}"] += 1
+            if not call.ok:
+                self._record.slack_faults[f"{call.method} {call.status} {call.error}"] += 1
             arm(call.method)
 
         # The methods the watcher calls may fail on their very first call too.
         for method in ("chat.postMessage", "chat.update"):
             arm(method)
+        if self._slack_faults != SLACK_FAULTS:
+            # Each odd answer at least once, on the first notices, however short the soak.
+            for status, error, body in ODD_SLACK_FAULTS:
+                slack.fail_next("chat.postMessage", status=status, error=error, body=body)
         return listen
 
 
 # --- PostgreSQL for --replicas -----------------------------------------------------------------
 
 
-async def create_database(admin_database: str) -> tuple[str, Callable[[], Any]]:
-    """A fresh database on the local PostgreSQL; returns its URL and an async dropper."""
+@dataclass
+class Database:
+    """A fresh PostgreSQL database for one soak, and the admin connection that made it."""
+
+    url: str
+    name: str
+    admin: Any  # asyncpg connection to the admin database
+
+    async def cut_off(self) -> None:
+        """The store goes away: its connections are cut and new ones refused."""
+        await self.admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS false')
+        await self.admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = $1 AND pid <> pg_backend_pid()",
+            self.name,
+        )
+
+    async def restore(self) -> None:
+        """The store is back."""
+        await self.admin.execute(f'ALTER DATABASE "{self.name}" ALLOW_CONNECTIONS true')
+
+    async def drop(self) -> None:
+        """Drop the database and close the admin connection."""
+        try:
+            await self.admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await self.admin.close()
+
+
+async def create_database(admin_database: str) -> Database:
+    """A fresh database on the local PostgreSQL."""
     import asyncpg  # type: ignore[import-untyped]
 
     admin: Any = None
@@ -516,14 +679,7 @@ async def create_database(admin_database: str) -> tuple[str, Callable[[], Any]]:
         raise ConnectionError(f"no PostgreSQL at 127.0.0.1:5432 ({type(last).__name__}: {last})")
     name = f"kps_soak_{secrets.token_hex(6)}"
     await admin.execute(f'CREATE DATABASE "{name}"')
-
-    async def drop() -> None:
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-    return f"postgresql+asyncpg://{user}@127.0.0.1:5432/{name}", drop
+    return Database(f"postgresql+asyncpg://{user}@127.0.0.1:5432/{name}", name, admin)
 
 
 # --- the bots' outbox, read from the side --------------------------------------------------------
@@ -533,7 +689,8 @@ class OutboxView:
     """Reads the bots' outbox (bot/store.py tables) to time kills and to explain what waits."""
 
     def __init__(self, url: str) -> None:
-        self._engine = create_async_engine(url)
+        # pre-ping: its connections are cut too when the soak sends the store away.
+        self._engine = create_async_engine(url, pool_pre_ping=True)
 
     async def close(self) -> None:
         """Close its connections."""
@@ -542,6 +699,12 @@ class OutboxView:
     async def pending(self) -> int:
         """Rows not yet sent (due or deferred)."""
         query = sa.select(sa.func.count()).select_from(outbox).where(outbox.c.state == "pending")
+        async with self._engine.connect() as conn:
+            return int((await conn.execute(query)).scalar() or 0)
+
+    async def dead(self) -> int:
+        """Rows given up for good: a notice, reply or update that never reached Slack."""
+        query = sa.select(sa.func.count()).select_from(outbox).where(outbox.c.state == "dead")
         async with self._engine.connect() as conn:
             return int((await conn.execute(query)).scalar() or 0)
 
@@ -603,9 +766,14 @@ class Soak:
             project_id=PROJECT_ID,
             static_tokens=[self._token(i) for i in range(2 * (settings.kills + 2))],
         )
-        self.slack = FakeSlack()
+        # A bot token of this run's own, so the secret check looks for a value nothing else has.
+        self.slack = FakeSlack(bot_token=f"xoxb-soak-{secrets.token_hex(12)}")
         self.state_url = f"sqlite+aiosqlite:///{self.log_dir / 'soak-state.db'}"
-        self._drop: Callable[[], Any] | None = None
+        self.database: Database | None = None
+        # A kill and its restart, or the store's outage and the moments after it: never both
+        # at once. A bot started while the store is away ends its start (as designed), and a
+        # bot killed the moment the store is back could not record the outage it lived through.
+        self._disruption = asyncio.Lock()
         self._started = 0
 
     def _token(self, index: int) -> str:
@@ -626,6 +794,7 @@ class Soak:
             state_url=self.state_url,
             kps_token=token,
             KPS_TIMEOUT_SECONDS=f"{KPS_TIMEOUT:g}",
+            SLACK_BOT_TOKEN=self.slack.bot_token,
         )
         bot = start_bot(name, env, self.log_dir)
         self.bots.append(bot)
@@ -655,16 +824,23 @@ class Soak:
         if not request.path.endswith("/running-tasks") or self.faults.faulted(request):
             return
         limit_ms = now * 1000 - STALE_MS - MARGIN_MS
+        tasks = self.record.tasks
         stale = frozenset(
             t.task_id
             for t in self.sim.running()
-            if t.task_time_ms is not None and t.task_time_ms <= limit_ms
+            if t.task_time_ms is not None
+            and t.task_time_ms <= limit_ms
+            and t.task_id in tasks
+            and not tasks[t.task_id].poison
         )
         self.record.listings.append(Listing(now, who, stale))
 
     # -- workload -----------------------------------------------------------------------------
 
     def _add(self, kind: str, age_s: float) -> None:
+        if self.rng.random() < self.settings.poison:
+            self._add_poison(age_s)
+            return
         task = self.sim.add_task(
             task_time_ms=int((time.time() - age_s) * 1000),
             server_name=f"{kind}-{len(self.record.tasks):04d}",
@@ -673,6 +849,52 @@ class Soak:
         )
         started = task.task_time_ms or 0
         self.record.tasks[task.task_id] = TaskLife(task.task_id, kind, started)
+
+    def _add_poison(self, age_s: float, what: str | None = None) -> None:
+        """A hostile record: the bot must take it, or leave it out, without stopping."""
+        n = len(self.record.tasks)
+        what = what or self.rng.choice(POISON_KINDS)
+        started = int((time.time() - age_s) * 1000)
+        fields: dict[str, Any] = {
+            "task_time_ms": started,
+            "server_name": f"poison-{n:04d}",
+            "keypair_name": "kp-poison",
+        }
+        usable = True
+        if what == "odd-id":
+            pattern = self.rng.choice(("p\n{n}", "p/../{n}", "p?x=1#{n}", " p {n} ", "p%2F{n}"))
+            fields["task_id"] = pattern.format(n=n)
+        elif what == "nul":
+            fields["server_name"] = f"nul\x00name-{n}"
+        elif what == "surrogate":
+            fields["server_name"] = f"lone-\ud800-{n}"
+            fields["keypair_name"] = "kp-\udfff"
+        elif what == "control":
+            fields["server_name"] = f"ctl\x1b[31m\u202e\r\n\x07-{n}"
+        elif what == "long-name":
+            fields["server_name"] = f"long-{n}-" + "L" * 10_000
+        elif what == "wrong-type":
+            fields["raw"] = self.rng.choice(
+                (
+                    {"server_name": 12345},
+                    {"task_time": {"ms": 1}},
+                    {"keypair_name": ["a"]},
+                    {"task_id": None},
+                    {"task_id": 7},
+                    {"operate_type": False},
+                )
+            )
+            usable = False
+        elif what == "seconds":
+            fields["task_time_ms"] = started // 1000  # read as ms: 1970, refused
+            usable = False
+        else:  # bad-id: the client takes it; no store can key it, so the scan leaves it out
+            fields["task_id"] = self.rng.choice((f"nul\x00id-{n}", f"lone-\udc80-id-{n}"))
+            usable = False
+        task = self.sim.add_task(**fields)
+        self.record.tasks[task.task_id] = TaskLife(
+            task.task_id, f"poison-{what}", task.task_time_ms or 0, usable=usable
+        )
 
     def _finish_one(self) -> None:
         running = [t for t in self.sim.running() if t.task_id in self.record.tasks]
@@ -691,6 +913,10 @@ class Soak:
         life.status = task.status
 
     async def _churn(self, until: float) -> None:
+        if self.settings.poison:
+            # One of each kind at once, already stale, so even a short soak meets them all.
+            for what in POISON_KINDS:
+                self._add_poison(self.rng.uniform(31 * 60, 90 * 60), what)
         burst_at = time.time() + self.rng.uniform(2, max(3.0, (until - time.time()) / 3))
         while time.time() < until:
             roll = self.rng.random()
@@ -736,17 +962,25 @@ class Soak:
         for n in range(1, kills + 1):
             at = start + seconds * n / (kills + 1) + self.rng.uniform(-0.5, 0.5)
             await asyncio.sleep(max(0.0, at - time.time()))
-            victim = await self._leader(client) if self.settings.replicas else None
-            victim = victim or self.live[0]
-            await self._quiet_kill(victim, view, patience=10.0)
-            self._start_bot()
+            async with self._disruption:
+                victim = await self._leader(client) if self.settings.replicas else None
+                victim = victim or self.live[0]
+                await self._quiet_kill(victim, view, patience=10.0)
+                await wait_role(client, self._start_bot(), ["leader", "standby"])
+                # A standby's failed steps are its own (bot/watcher.py): the outage must meet
+                # a leader, once the killed one's lease has expired.
+                for _ in range(300):  # 30 s at most
+                    if await self._leader(client) is not None:
+                        break
+                    await asyncio.sleep(0.1)
 
     # -- the run ------------------------------------------------------------------------------
 
     async def run(self) -> SoakReport:
         """Start everything, churn with faults and kills, catch up, stop, and judge."""
-        if self.settings.replicas:
-            self.state_url, self._drop = await create_database(self.settings.pg_admin_database)
+        if self.settings.replicas or self.settings.store_outage:
+            self.database = await create_database(self.settings.pg_admin_database)
+            self.state_url = self.database.url
         self.sim.pick_fault = self._before_request
         self.sim.after_request = self._after_request
         self.slack.subscribe(self.faults.on_slack_call(self.slack))
@@ -765,10 +999,11 @@ class Soak:
                 until = time.time()
                 calls = list(self.slack.calls)
                 held = await view.held(k.pid for k in self.record.kills)
+                self.record.dead_rows = await view.dead()
         finally:
             await view.close()
-            if self._drop is not None:
-                await self._drop()
+            if self.database is not None:
+                await self.database.drop()
         return self._report(calls, until, held)
 
     async def _soak(self, client: httpx.AsyncClient, view: OutboxView) -> None:
@@ -781,14 +1016,36 @@ class Soak:
         start = time.time()
         self.record.started = start
         killer = asyncio.create_task(self._killer(client, view, start))
+        outage = asyncio.create_task(self._outage(start))
         try:
             await self._churn(start + self.settings.seconds)
             await killer
+            await outage
         finally:
             killer.cancel()
+            outage.cancel()
         self.record.churn_ended = time.time()
         self.faults.active = False
         await self._catch_up(view)
+
+    async def _outage(self, start: float) -> None:
+        """Send the store away once, 30 % into the churn, for `store_outage` seconds.
+
+        With the default three kills (at 25, 50 and 75 %) and 120 s, it falls between two.
+        """
+        seconds = self.settings.store_outage
+        if not seconds or self.database is None:
+            return
+        await asyncio.sleep(max(0.0, start + self.settings.seconds * 0.3 - time.time()))
+        async with self._disruption:
+            away = time.time()
+            await self.database.cut_off()
+            try:
+                await asyncio.sleep(seconds)
+            finally:
+                await self.database.restore()
+                self.record.store_away = (away, time.time())
+            await asyncio.sleep(3.0)  # a few scans with the store back before any kill
 
     async def _catch_up(self, view: OutboxView) -> None:
         """Wait until every check could pass (or `drain` runs out), then `settle` more."""
@@ -800,6 +1057,14 @@ class Soak:
         await asyncio.sleep(self.settings.settle)
 
     async def _caught_up(self, view: OutboxView) -> bool:
+        # A bot restarted late in the churn (or back from a store outage) may not have scanned
+        # yet: nothing is owed before its first complete scan, so "caught up" would be vacuous.
+        since = self.record.churn_ended or 0.0
+        if not any(
+            listing.time > since and self.record.last_request.get(listing.who, 0.0) > listing.time
+            for listing in self.record.listings
+        ):
+            return False
         seen = mentions(self.slack.calls)
         announced = {m.task_id for m in seen if is_announcement(m)}
         resolved = {m.task_id for m in seen if is_resolution(m)}
@@ -815,7 +1080,7 @@ class Soak:
         settings = self.settings
         checks, repeats = judge(record, calls, until, held)
         killed = {k.victim for k in record.kills}
-        logs = read_logs(self.bots, killed)
+        logs = read_logs(self.bots, killed, record.store_away)
         expected = ", ".join(f"{n}x {what!r}" for what, n in logs.expected.items()) or "none"
         checks.append(
             Check(
@@ -827,6 +1092,52 @@ class Soak:
                 + (f"; {logs.cut} last line(s) cut by SIGKILL" if logs.cut else ""),
             )
         )
+        checks.append(
+            Check(
+                "no watcher step failed (a poison record would fail it), the store's outage"
+                " excepted",
+                not logs.steps_failed,
+                f"{len(logs.steps_failed)} failed steps"
+                + "".join(f"\n      {u}" for u in logs.steps_failed[:5])
+                + f"; {logs.store_away} store errors logged while the store was away",
+            )
+        )
+        if record.store_away is not None:
+            told = [
+                c
+                for c in calls
+                if c.method == "chat.postMessage"
+                and c.ok
+                and c.time > record.store_away[0]
+                and IMPAIRED in json.dumps(c.args.get("blocks"), ensure_ascii=False)
+            ]
+            checks.append(
+                Check(
+                    "the store's outage was told in the channel (an impaired notice)",
+                    bool(told),
+                    f"{len(told)} impaired notices after the store went away",
+                )
+            )
+        leaks = find_secrets(
+            [self.slack.bot_token, SIGNING_SECRET, *self.tokens],
+            calls,
+            ((bot.name, bot.log_text()) for bot in self.bots),
+        )
+        checks.append(
+            Check(
+                "no configured secret in any Slack call or log line",
+                not leaks,
+                f"{len(self.tokens) + 2} secret values looked for; found {len(leaks)}"
+                + "".join(f"\n      {u}" for u in leaks[:5]),
+            )
+        )
+        checks.append(
+            Check(
+                "nothing dropped: no outbox row given up",
+                record.dead_rows == 0,
+                f"{record.dead_rows} rows given up",
+            )
+        )
         bad_exits = {name: code for name, code in record.exits.items() if code != 0}
         checks.append(
             Check(
@@ -835,7 +1146,8 @@ class Soak:
                 f"exit statuses {record.exits}",
             )
         )
-        kinds = Counter(t.kind for t in record.tasks.values())
+        kinds = Counter(t.kind for t in record.tasks.values() if not t.poison)
+        poison = Counter(t.kind.removeprefix("poison-") for t in record.tasks.values() if t.poison)
         done = [t for t in record.tasks.values() if t.finished_at is not None]
         failed = sum(1 for t in done if (t.status or "").startswith("FAILED"))
         faults = sum(record.kps_faults.values())
@@ -843,7 +1155,10 @@ class Soak:
         slack_bad = sum(record.slack_faults.values())
         by_method = Counter(c.method for c in slack_calls)
         churn = (record.churn_ended or until) - record.started
-        setup = "two replicas sharing PostgreSQL" if settings.replicas else "one bot, SQLite"
+        if settings.replicas:
+            setup = "two replicas sharing PostgreSQL"
+        else:
+            setup = "one bot, PostgreSQL" if self.database is not None else "one bot, SQLite"
         lines = [
             f"fault soak: {churn:.0f} s of churn, then {until - (record.churn_ended or until):.0f}"
             f" s to catch up and stop; seed {self.seed}",
@@ -851,6 +1166,7 @@ class Soak:
             f" KPS_TIMEOUT_SECONDS={KPS_TIMEOUT:g}",
             f"tasks: {len(record.tasks)} added ({_counts(kinds)}); {len(done)} finished"
             f" ({len(done) - failed} succeeded, {failed} failed)",
+            f"poison records: {sum(poison.values())} ({_counts(poison)})",
             f"KPS: {record.kps_requests} requests, {faults} given a fault"
             f" ({_share(faults, record.kps_requests)}): {_counts(record.kps_faults)};"
             f" {len(record.listings)} good running-task answers",
@@ -866,6 +1182,13 @@ class Soak:
                 or "none"
             )
             + f"; restarted {len(record.kills)}",
+            "store away: "
+            + (
+                f"{record.store_away[1] - record.store_away[0]:.1f} s from"
+                f" {record.store_away[0] - record.started:.1f} s"
+                if record.store_away
+                else "never"
+            ),
         ]
         return SoakReport(settings, self.seed, lines, checks, repeats, self.log_dir)
 
@@ -892,10 +1215,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=120.0, help="churn time (120)")
     parser.add_argument("--short", action="store_true", help="20 s, as the test suite runs it")
     parser.add_argument("--replicas", action="store_true", help="two bots sharing PostgreSQL")
+    parser.add_argument(
+        "--poison",
+        action="store_true",
+        help="5 %% poison records, odd Slack answers, the store (PostgreSQL) away for 20 s",
+    )
     parser.add_argument("--seed", type=int, help="random seed, to repeat a run's choices")
     parser.add_argument("--logs", type=Path, help="where the bots' logs go (a temp dir)")
     args = parser.parse_args(argv)
-    settings = SoakSettings(
+    make = SoakSettings.poisoned if args.poison else SoakSettings
+    settings = make(
         seconds=20.0 if args.short else args.seconds,
         replicas=args.replicas,
         seed=args.seed,

@@ -39,7 +39,7 @@ from bot.stale import (
     stale_tasks,
 )
 from bot.store import Store
-from bot.tasks import TaskStatus
+from bot.tasks import BadRecord, Task, TaskStatus
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ _LOOKUP_CONCURRENCY: Final = 4  # KPS is served by KMS, limited to ~20 requests/
 _FAILED_PAGES: Final = 20
 _PRUNE_EVERY: Final = timedelta(hours=1)
 _KEEP: Final = timedelta(days=30)  # the README: "Ended notices are pruned after 30 days"
+# Unusable records already logged, so a record that stays bad is told once, not every scan. The
+# bound keeps a KPS that sends a new bad record each scan from growing the set without end; a
+# record pushed out is simply told again if it comes back.
+_REMEMBERED_REJECTS: Final = 10_000
+_TOLD_PER_SCAN: Final = 20  # new unusable records logged one by one; the rest in one line
+# KPS task ids are UUIDs; one this long is not an id the status path (URL line limits) or a
+# notice could carry.
+_MAX_ID_LENGTH: Final = 255
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +97,7 @@ class ScanResult:
     announced: int = 0
     ended: int = 0
     reminded: int = 0
+    rejected: int = 0  # records KPS listed that the scan could not use (left out, not ended)
     error: str | None = None
 
 
@@ -113,9 +122,14 @@ class Scanner:
         self._grace = limits.running_grace or timedelta(seconds=3 * poll_interval)
         self._clock = clock
         self._next_prune: datetime | None = None
+        self._told: dict[tuple[str | None, str], None] = {}  # insertion-ordered, oldest first
 
     async def scan(self) -> ScanResult:
-        """One scan: announce newly stale tasks, record endings, queue reminders."""
+        """One scan: announce newly stale tasks, record endings, queue reminders.
+
+        A record KPS sent that cannot be used is left out, logged once and counted; it never
+        stops the scan, and a task whose record turned bad is not taken as ended.
+        """
         now = self._clock()
         try:
             snapshot = await self._kps.walk_running_tasks(page_size=self._limits.page_size)
@@ -123,31 +137,41 @@ class Scanner:
             log.warning("scan of running tasks failed: %s", error, extra={"error": str(error)})
             await self.failed(now, str(error))
             return ScanResult(ok=False, error=str(error))
+        tasks, rejected = usable(snapshot)
+        self._tell_rejected(rejected)
         # A recovering scan queues "works again" before its own notices, so the channel reads it
         # first; any other counts its success only once all of it succeeded.
         recovering = snapshot.complete and (await self._store.watch_state()).impaired
         if recovering:
             await self._succeeded(now)
-        announced = await self._announce(snapshot, now)
+        announced = await self._announce(tasks, now)
         if not snapshot.complete:
             # An ended task and a skipped one look the same in a partial list (kps.py), so a
             # partial scan ends nothing.
-            why = (
-                "the running-task list changed while it was read, on every attempt,"
-                " so no task was taken as ended"
-            )
+            why = _incomplete(snapshot)
             log.warning(
-                "scan was incomplete (%d tasks seen, the list kept changing); nothing ends",
-                len(snapshot.tasks),
-                extra={"seen": len(snapshot.tasks)},
+                "scan was incomplete (%d tasks seen); nothing ends: %s",
+                len(tasks),
+                why,
+                extra={"seen": len(tasks), "rejected": len(rejected)},
             )
             await self.failed(now, why)
-            return ScanResult(ok=False, announced=announced, error=why)
-        ended = await self._end(snapshot, now)
+            return ScanResult(ok=False, announced=announced, rejected=len(rejected), error=why)
+        listed = {task.task_id for task in tasks}
+        # A record KPS still lists is a running task, however bad its fields: its notice must
+        # not be told it ended because the record stopped parsing.
+        listed.update(record.task_id for record in rejected if record.task_id is not None)
+        ended = await self._end(listed, now)
         if not recovering:
             await self._succeeded(now)
         reminded = await self._remind(now)
-        return ScanResult(ok=True, announced=announced, ended=ended, reminded=reminded)
+        return ScanResult(
+            ok=True,
+            announced=announced,
+            ended=ended,
+            reminded=reminded,
+            rejected=len(rejected),
+        )
 
     def render_notice(self, state: NoticeState) -> dict[str, Any]:
         """A stale notice as it looks now, ready for chat.postMessage or chat.update."""
@@ -180,8 +204,33 @@ class Scanner:
         if dropped:
             log.info("pruned %d old notice(s)", dropped)
 
-    async def _announce(self, snapshot: Snapshot, now: datetime) -> int:
-        stale = stale_tasks(snapshot.tasks, now=now, stale_after=self._notices.stale_after)
+    def _tell_rejected(self, rejected: Sequence[BadRecord]) -> None:
+        """Log each unusable record the first time it is seen; count them all."""
+        new: list[BadRecord] = []
+        for record in rejected:
+            key = (record.task_id, record.reason)
+            if key in self._told:
+                continue
+            self._told[key] = None
+            new.append(record)
+        while len(self._told) > _REMEMBERED_REJECTS:
+            del self._told[next(iter(self._told))]
+        for record in new[:_TOLD_PER_SCAN]:
+            log.warning(
+                "left out a task record KPS sent: %s (task %s); told once per record",
+                _printable(record.reason),
+                shown_id(record.task_id),
+                extra={"task_id": shown_id(record.task_id), "rejected": len(rejected)},
+            )
+        if len(new) > _TOLD_PER_SCAN:
+            log.warning(
+                "left out %d more new unusable task records, not listed one by one",
+                len(new) - _TOLD_PER_SCAN,
+                extra={"rejected": len(rejected)},
+            )
+
+    async def _announce(self, running: Sequence[Task], now: datetime) -> int:
+        stale = stale_tasks(running, now=now, stale_after=self._notices.stale_after)
         if not stale:
             return 0
         known = await self._store.announced(task.task_id for task in stale)
@@ -204,8 +253,7 @@ class Scanner:
         )
         return len(tasks)
 
-    async def _end(self, snapshot: Snapshot, now: datetime) -> int:
-        listed = {task.task_id for task in snapshot.tasks}
+    async def _end(self, listed: set[str], now: datetime) -> int:
         found = reconcile(await self._store.open_alerts(), listed)
         if not found.gone and not found.back:
             return 0
@@ -258,6 +306,14 @@ class Scanner:
                 except ValueError as error:  # an id KPS cannot be asked about
                     log.warning("task status lookup failed: %s", error)
                     return alert.task_id, None, True
+                except Exception:
+                    # Anything else (a bug, an id some layer chokes on) is this task's alone:
+                    # the other lookups and the scan go on, and this one is asked again.
+                    log.warning(
+                        "task status lookup failed; asking again next scan",
+                        exc_info=True,
+                        extra={"task_id": shown_id(alert.task_id)},
+                    )
                 # A transient failure says nothing of how the task ended: the next scan asks
                 # again, and only after the grace period is the outcome reported as unknown.
                 since = alert.missing_since
@@ -310,3 +366,59 @@ class Scanner:
         body = build_recovered(before, self._notices.context(now)).as_payload()
         if await self._store.mark_recovered(channel=self._notices.channel, now=now, body=body):
             log.info("watching works again after %d failed scans", before.failures)
+
+
+def usable(snapshot: Snapshot) -> tuple[list[Task], list[BadRecord]]:
+    """The tasks a scan can track, and every record it cannot (the client's and its own)."""
+    tasks: list[Task] = []
+    rejected = list(snapshot.rejected)
+    for task in snapshot.tasks:
+        why = untrackable(task.task_id)
+        if why is None:
+            tasks.append(task)
+        else:
+            rejected.append(BadRecord(task.task_id, why))
+    return tasks, rejected
+
+
+def untrackable(task_id: str) -> str | None:
+    """Why a task id cannot be kept as a key and asked about as sent; None when it can.
+
+    The id is the key of "announced once" and goes back to KPS in a path: a NUL (PostgreSQL
+    text refuses it) or a lone surrogate (no encoding holds it) would fail or change on the way.
+    """
+    if len(task_id) > _MAX_ID_LENGTH:
+        return f"'task_id' is {len(task_id)} characters long, not a KPS task id"
+    if "\x00" in task_id:
+        return "'task_id' holds a NUL character"
+    try:
+        task_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return "'task_id' is not valid Unicode (it holds a lone surrogate)"
+    return None
+
+
+def shown_id(task_id: str | None) -> str:
+    """A task id as a log line may show it: control characters escaped, clipped."""
+    if task_id is None:
+        return "without a usable id"
+    return _printable(task_id[:80]) + ("…" if len(task_id) > 80 else "")
+
+
+def _printable(text: str) -> str:
+    # A newline or a bidi override from KPS must not forge or reorder a log line.
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
+def _incomplete(snapshot: Snapshot) -> str:
+    """Why a scan's list was not complete, in words for the log and the impaired notice."""
+    if snapshot.cut_short is not None:
+        return (
+            f"the running-task list was not read to its end (the walk stopped at its"
+            f" {snapshot.cut_short.value} after {len(snapshot.tasks)} of {snapshot.total} tasks),"
+            " so no task was taken as ended"
+        )
+    return (
+        "the running-task list changed while it was read, on every attempt,"
+        " so no task was taken as ended"
+    )

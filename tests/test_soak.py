@@ -13,11 +13,13 @@ import pytest
 
 from bench.notices import CHANNEL
 from bench.soak import (
+    POISON_KINDS,
     Kill,
     Listing,
     Record,
     SoakSettings,
     TaskLife,
+    find_secrets,
     judge,
     read_logs,
     run_soak,
@@ -36,9 +38,39 @@ async def test_short_fault_soak_passes_every_check(tmp_path: Path) -> None:
     """20 s: KPS failing 20 %, Slack 10 %, three SIGKILLs; see bench/soak.py for the checks."""
     report = await run_soak(SoakSettings(seconds=20.0, log_dir=tmp_path))
     assert report.ok, report.text()
-    assert len(report.checks) == 5
+    assert len(report.checks) == 8
     # The soak did what it says: faults were drawn, kills happened, tasks were announced.
     assert "restarted 3" in report.text()
+
+
+async def test_poison_soak_never_stops_a_scan_and_leaks_nothing(tmp_path: Path) -> None:
+    """Poison records (every kind, then 5 %) and odd Slack answers, over KPS faults and a kill.
+
+    The store's outage is the next test's, so a failure here is the records' or Slack's.
+    """
+    settings = SoakSettings.poisoned(
+        seconds=12.0, kills=1, store_outage=0.0, slack_fault_rate=0.2, log_dir=tmp_path
+    )
+    report = await run_soak(settings)
+    assert report.ok, report.text()
+    # The soak did what it says: every kind of poison was served, every odd Slack answer given.
+    (poison,) = [line for line in report.lines if line.startswith("poison records: ")]
+    assert all(f"{what} " in poison for what in POISON_KINDS), poison
+    (slack,) = [line for line in report.lines if line.startswith("Slack: ")]
+    for odd in ("200 html body", "200 garbage body", "200 array body", "500 internal_error"):
+        assert f"chat.postMessage {odd}" in slack, slack
+
+
+async def test_poison_soak_with_the_store_away(tmp_path: Path, pg_url: str) -> None:
+    """The store (PostgreSQL) cut off and refusing connections for 6 s mid-soak, with odd Slack
+    answers: no step fails but while it is away, nothing is dropped, every stale task is told.
+    `pg_url` only makes the test skip (or fail under REQUIRE_POSTGRES=1) without PostgreSQL."""
+    settings = SoakSettings.poisoned(
+        seconds=12.0, kills=1, poison=0.0, store_outage=6.0, log_dir=tmp_path
+    )
+    report = await run_soak(settings)
+    assert report.ok, report.text()
+    assert "store away: 6." in report.text()
 
 
 # --- the soak's checks can fail --------------------------------------------------------------
@@ -88,6 +120,19 @@ def test_a_stale_task_never_announced_fails() -> None:
     assert verdicts(record_with(finished=False), []) == [False, True, True]
 
 
+def test_a_repeat_right_after_the_store_went_away_is_reported_not_failed() -> None:
+    calls = [post(12.0, running(A)), post(30.0, running(A))]
+    record = record_with(finished=False)
+    record.store_away = (14.0, 20.0)  # too late after the first post to explain it
+    assert verdicts(record, calls) == [False, True, True]
+    record.store_away = (12.4, 20.0)
+    checks, repeats = judge(record, calls, until=100.0, held=set())
+    assert checks[0].ok
+    assert len(repeats) == 1 and "the outbox could not mark it sent" in repeats[0]
+    record.store_away = (10.0, 13.0)  # accepted while the store was away
+    assert judge(record, calls, until=100.0, held=set())[0][0].ok
+
+
 def test_a_task_announced_twice_fails_unless_a_kill_explains_it() -> None:
     calls = [post(12.0, running(A)), post(30.0, running(A))]
     record = record_with(finished=False)
@@ -109,6 +154,60 @@ def test_a_wrong_missing_or_doubled_resolution_fails() -> None:
     ]
     twice = [post(60.0 + i, ended(A, "SUCCESS_RESET"), thread="1") for i in range(2)]
     assert verdicts(record_with(), [notice, *twice])[1] is False
+
+
+def test_naming_an_unusable_poison_record_fails() -> None:
+    record = record_with(finished=False)
+    record.tasks[A].usable = False  # say, a task_time in seconds
+    assert verdicts(record, [post(12.0, running(A))])[2] is False
+
+
+def test_a_secret_in_a_slack_call_or_a_log_line_is_found() -> None:
+    token = "xoxb-secret-value"
+    clean = [post(1.0, running(A))]
+    assert find_secrets([token, ""], clean, [("bot-1", '{"message": "listening"}')]) == []
+    leaked = [post(2.0, f"error: invalid token {token}")]
+    (found,) = find_secrets([token], leaked, [])
+    assert "chat.postMessage" in found and token not in found
+    (found,) = find_secrets([token], [], [("bot-2", f'one\n{{"message": "auth {token}"}}')])
+    assert found.startswith("bot-2 line 2") and token not in found
+
+
+def test_store_errors_while_the_store_is_away_are_expected_and_counted_apart(
+    tmp_path: Path,
+) -> None:
+    from bench.notices import BotProcess
+
+    trace = "Traceback ...\nsqlalchemy.exc.InterfaceError: connection is closed"
+    lines = [
+        {
+            "time": "2026-01-01T00:00:05.000Z",
+            "level": "ERROR",
+            "message": "watcher step failed",
+            "exc": trace,
+        },
+        {
+            "time": "2026-01-01T00:00:40.000Z",
+            "level": "ERROR",
+            "message": "watcher step failed",
+            "exc": trace,
+        },
+        {
+            "time": "2026-01-01T00:00:06.000Z",
+            "level": "ERROR",
+            "message": "watcher step failed",
+            "exc": "Traceback ...\nKeyError: 'a bug'",
+        },
+    ]
+    log = tmp_path / "bot-1.log"
+    log.write_text("\n".join(json.dumps(x) for x in lines))
+    bot = BotProcess("bot-1", 0, log, popen=None)  # type: ignore[arg-type]  # never started
+    start = 1767225600.0  # 2026-01-01T00:00:00Z
+    verdict = read_logs([bot], killed=set(), away=(start + 4, start + 10))
+    assert verdict.store_away == 1
+    assert len(verdict.steps_failed) == 2  # after the outage, and a bug during it
+    assert len(verdict.unexpected) == 2
+    assert len(read_logs([bot], killed=set()).steps_failed) == 3
 
 
 def test_naming_a_task_never_stale_or_ending_a_running_one_fails() -> None:

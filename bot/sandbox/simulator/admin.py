@@ -148,6 +148,8 @@ def _check_task_fields(body: Mapping[str, Any]) -> None:
             ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
         elif name in ("error_code", "error_msg"):
             ok = value is None or isinstance(value, str)
+        elif name == "raw":  # any JSON values: it exists to send wrong ones
+            ok = value is None or isinstance(value, dict)
         else:
             ok = isinstance(value, str)
         if not ok:

@@ -67,9 +67,9 @@ def error_body(shape: str, status: int, code: str, message: str, request_id: str
 
 
 def task_json(task: SimTask) -> dict[str, Any]:
-    """One running-tasks item."""
+    """One running-tasks item; the task's `raw` fields, if any, replace its own."""
     # task_time is epoch milliseconds as a JSON string, as the docs' example shows (§2).
-    return {
+    body = {
         "task_id": task.task_id,
         "operate_type": task.operate_type,
         "task_time": None if task.task_time_ms is None else str(task.task_time_ms),
@@ -77,6 +77,9 @@ def task_json(task: SimTask) -> dict[str, Any]:
         "server_id": task.server_id,
         "keypair_name": task.keypair_name,
     }
+    if task.raw:
+        body.update(task.raw)
+    return body
 
 
 def failed_task_json(task: SimTask) -> dict[str, Any]:

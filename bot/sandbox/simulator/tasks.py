@@ -60,6 +60,10 @@ class SimTask(_Watched):
     status: str = ""  # e.g. RUNNING_RESET; SUCCESS_RESET/FAILED_RESET when finished
     error_code: str | None = None
     error_msg: str | None = None
+    # Listing fields sent as given instead of the task's own: a wrong type, a null, a time in
+    # seconds. The task keeps its own values for ordering, lookups and the admin API, so a
+    # hostile record can be served without breaking the simulator itself.
+    raw: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.status:
