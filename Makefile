@@ -30,8 +30,8 @@ screenshot: $(VENV)/.test-installed
 	$(BIN)/python -m tests.playground_screenshot docs/playground.png
 
 lint: $(VENV)/.test-installed
-	$(BIN)/ruff check bot tests
-	$(BIN)/ruff format --check bot tests
+	$(BIN)/ruff check bot tests bench
+	$(BIN)/ruff format --check bot tests bench
 	$(BIN)/mypy
 
 test: lint

@@ -662,7 +662,7 @@ class Database:
 
 async def create_database(admin_database: str) -> Database:
     """A fresh database on the local PostgreSQL."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     admin: Any = None
     last: BaseException | None = None
