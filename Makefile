@@ -35,7 +35,7 @@ lint: $(VENV)/.test-installed
 	$(BIN)/mypy
 
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 3
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
