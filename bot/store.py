@@ -41,6 +41,7 @@ from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from bot.alerts import Alert, Ending, Notice, NoticeState, WatchState
+from bot.logs import redact
 
 log = logging.getLogger(__name__)
 
@@ -733,7 +734,9 @@ class Store:
                 .values(
                     failures=watch.c.failures + count,
                     failing_since=sa.func.coalesce(watch.c.failing_since, _ts(now)),
-                    last_error=error[:1000],
+                    # Redacted as log lines are: an upstream error may echo a credential, and
+                    # the database is no place to keep one.
+                    last_error=redact(error, 1000),
                 )
             )
             return await self._watch(conn)

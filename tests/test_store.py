@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from bot.alerts import Alert, Ending
+from bot.logs import register_secret
 from bot.store import (
     POST,
     REPLY,
@@ -295,3 +296,14 @@ async def test_ping_answers_while_the_store_does(store: Store) -> None:
     await store.close()
     with pytest.raises(StoreError, match="after it was closed"):
         await store.ping()
+
+
+async def test_a_failure_text_echoing_a_secret_is_stored_redacted(store: Store) -> None:
+    # An IAM gateway may echo the request, password included, in its error message.
+    register_secret("Pa55word-stored-nowhere")
+    echoed = 'IAM 400: {"password": "Pa55word-stored-nowhere"} X-Auth-Token: MIIxyz'
+    state = await store.count_failure(now=NOW, error=echoed)
+    assert state.last_error is not None
+    assert "Pa55word-stored-nowhere" not in state.last_error
+    assert "MIIxyz" not in state.last_error
+    assert (await store.watch_state()).last_error == state.last_error
