@@ -45,8 +45,8 @@ def build_health_app(runtime: Runtime, stopping: asyncio.Event) -> web.Applicati
 def add_health_routes(
     web_app: web.Application, runtime: Runtime, stopping: asyncio.Event, *, mode: str
 ) -> None:
-    """`/healthz`: alive (503 while stopping or while the watcher fails); `/readyz`: 200 only
-    once Slack accepts the bot token and the state store answers, else 503 and the reason."""
+    """`/healthz`: alive (503 only while stopping; a failing watcher is named, not fatal);
+    `/readyz`: 200 only once Slack accepts the bot token and the state store answers."""
 
     async def healthz(_: web.Request) -> web.Response:
         if stopping.is_set():
@@ -61,9 +61,11 @@ def add_health_routes(
             "watcher": watcher.role if watcher is not None else "off",
         }
         if problem is not None:
-            # A watcher whose every step fails watches nothing: say so to whoever probes.
+            # A watcher whose every step fails watches nothing: say so to whoever probes. Still
+            # 200: liveness probes restart on failure, and a restart mends no database; the
+            # store's trouble turns /readyz to 503 and the channel hears it as "impaired".
             body["problem"] = problem
-        return web.json_response(body, status=200 if problem is None else 503)
+        return web.json_response(body)
 
     async def readyz(_: web.Request) -> web.Response:
         # Settings were good, or the process would not be serving. Stopping comes first: a
