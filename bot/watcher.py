@@ -237,6 +237,8 @@ class Watcher:
             await self._store.count_failure(
                 now=self._uncounted_since, error=why, count=self._uncounted - 1
             )
+            # Counted: should the last one below fail, it alone is left for the next step.
+            self._uncounted = 1
         await self._scanner.failed(self._clock(), why)
         self._uncounted, self._uncounted_since = 0, None
 
