@@ -159,6 +159,9 @@ class Settings:
     kps_max_attempts: int = 4
     log_format: str = "text"
     log_level: str = "INFO"
+    # How long a page may take before a "Loading…" placeholder is posted. Not a setting a
+    # user needs: fast enough not to flicker, and tests set it so timing cannot decide.
+    loading_after: float = 0.5
 
     @property
     def socket_mode(self) -> bool:

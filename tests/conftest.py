@@ -89,6 +89,9 @@ def make_settings(sim: Simulator, slack: FakeSlack, **changes: Any) -> Settings:
         stale_after=timedelta(minutes=30),
         kps_timeout=10.0,
         kps_max_attempts=3,
+        # No "Loading…" placeholder unless a test asks for one: a loaded machine's slow page
+        # must not change what a test sees (the loading tests set it low).
+        loading_after=60.0,
     )
     return replace(settings, **changes)
 

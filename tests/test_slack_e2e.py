@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -193,8 +194,9 @@ async def test_transient_kps_failures_are_retried_before_the_user_sees_anything(
 
 
 async def test_slow_kps_is_acked_at_once_and_answered_later(
-    bot: RunningBot, sim: Simulator, slack: FakeSlack
+    bot_factory: Callable[..., Any], sim: Simulator, slack: FakeSlack
 ) -> None:
+    bot: RunningBot = await bot_factory(loading_after=0.5)
     sim.latency = 5.0
     started = time.monotonic()
     response = await bot.sender.command("", slack.response_url())
@@ -299,7 +301,6 @@ async def test_sigterm_finishes_work_in_flight_then_exits_zero(
     sim.latency = 1.0
     await bot.sender.command("", slack.response_url())
     assert await bot.shutdown() == 0
-    # KPS took longer than LOADING_AFTER: a Loading state went first, the page replaced it.
     assert "1–10 of 37" in texts(slack.calls_to("response_url")[-1].args)
 
 

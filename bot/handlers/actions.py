@@ -57,6 +57,7 @@ async def handle_page(
             ref,
             replace_original=True,
             response_type=visibility,
+            loading_after=settings.loading_after,
         )
 
 

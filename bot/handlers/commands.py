@@ -31,7 +31,8 @@ async def handle_kps(
 ) -> None:
     """Help and usage errors go back in the ack; a page follows through `response_url`.
 
-    A KPS slower than `LOADING_AFTER` gets a Loading state there first, which the page replaces.
+    A KPS slower than `settings.loading_after` gets a Loading state there first, which the page
+    replaces.
     """
     intent = parse_command(command.get("text"))
     if isinstance(intent, ShowHelp):
@@ -50,4 +51,5 @@ async def handle_kps(
             ref,
             replace_original=False,
             response_type="ephemeral",
+            loading_after=settings.loading_after,
         )

@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Coroutine
 from datetime import datetime
-from typing import Any, Final
+from typing import Any
 
 from bot.blockkit import Message
 from bot.blocks import PageRef, build_error, build_loading, build_page
@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 # How long a page may take before a Loading state is shown. Under a second keeps the user's
 # flow (nothing seems broken); a fast KPS answers well within it, so its pages neither flicker
 # nor spend one of the response_url's five posts on a placeholder.
-LOADING_AFTER: Final = 0.5
 
 
 async def page_message(
@@ -57,7 +56,7 @@ async def send_page(
     *,
     replace_original: bool,
     response_type: ResponseType,
-    loading_after: float = LOADING_AFTER,
+    loading_after: float,
 ) -> None:
     """Send the page `pending` makes; when it is slow, a Loading state first, replaced in place."""
     fetch = asyncio.ensure_future(pending)
