@@ -45,6 +45,21 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:  
         await asyncio.sleep(0.005)
 
 
+@pytest.fixture(autouse=True)
+def _secrets_registered_per_test() -> Iterator[None]:
+    """Secrets a test registers for redaction are forgotten after it.
+
+    The redactor is process-wide: without this, a bot started by an earlier test in the same
+    worker keeps its secrets registered, and a test that a bot registers its own would pass
+    even if it no longer did.
+    """
+    from bot.logs import _redactor
+
+    values, exact = set(_redactor._values), _redactor._exact
+    yield
+    _redactor._values, _redactor._exact = values, exact
+
+
 @pytest.fixture
 def refused_url() -> Iterator[str]:
     """A loopback URL that refuses connections: its port stays bound but never listens, so no

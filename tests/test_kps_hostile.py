@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import gzip
 import json
+import threading
 import time
 import tracemalloc
 import uuid
@@ -19,6 +19,7 @@ import httpx
 import pytest
 from aiohttp import web
 
+from bot import body as body_module
 from bot.auth import AkSkAuth, StaticTokenAuth
 from bot.errors import KPSBadResponse, KPSResponseTooLarge, KPSThrottled, KPSTimeout
 from bot.kps import KPSClient, RetryPolicy, WalkLimit
@@ -236,39 +237,46 @@ def huge_page(count: int) -> bytes:
     return json.dumps({"total": count, "tasks": tasks}).encode()
 
 
-async def test_a_large_page_is_parsed_without_stalling_the_loop() -> None:
-    # About 12 MB, KPS ignoring `limit`: the C parser holds the loop for 150 ms or more.
+async def test_a_large_page_is_parsed_without_stalling_the_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # About 12 MB, KPS ignoring `limit`: the C parser would hold the loop for 150 ms or more.
+    # What is checked is how, not how fast (the figure is in the issue note): the parse runs
+    # on another thread, and the loop keeps turning while it does.
     body = huge_page(48_000)
     assert len(body) > 10 * MIB
 
     async def handle(request: web.Request) -> web.Response:
         return web.Response(body=body, content_type="application/json")
 
-    worst = 0.0
+    ticks = 0
     done = asyncio.Event()
 
     async def ticker() -> None:
-        nonlocal worst
+        nonlocal ticks
         while not done.is_set():
-            start = time.perf_counter()
-            await asyncio.sleep(0.002)
-            worst = max(worst, time.perf_counter() - start)
+            await asyncio.sleep(0.001)
+            ticks += 1
 
-    # Half a million new objects set off a full collection that holds the GIL for about 60 ms
-    # (more with this test's own heap), wherever the parse runs: that pause is the runtime's,
-    # so it is kept out of what is measured here, the parse's own hold on the loop.
-    gc.disable()
-    try:
-        async with serving(handle) as base, httpx.AsyncClient(timeout=10) as http:
-            ticking = asyncio.create_task(ticker())
-            await asyncio.sleep(0.05)
-            page = await client(base, http).list_running_tasks(1000, 0)
-            done.set()
-            await ticking
-    finally:
-        gc.enable()
+    parses: list[tuple[int, int, int]] = []  # (thread, ticks before, ticks after)
+    slow_parse = body_module._parse_slowly
+
+    def recorded(raw: bytes) -> Any:
+        before = ticks
+        parsed = slow_parse(raw)
+        parses.append((threading.get_ident(), before, ticks))
+        return parsed
+
+    monkeypatch.setattr(body_module, "_parse_slowly", recorded)
+    async with serving(handle) as base, httpx.AsyncClient(timeout=10) as http:
+        ticking = asyncio.create_task(ticker())
+        page = await client(base, http).list_running_tasks(1000, 0)
+        done.set()
+        await ticking
     assert page.total == 48_000 and len(page.tasks) == 1000  # never more than was asked for
-    assert worst < 0.1, f"the loop stalled for {worst * 1000:.0f} ms"
+    ((thread, before, after),) = parses
+    assert thread != threading.get_ident()  # off the event loop's thread
+    assert after - before >= 3  # the loop went on serving while the page was parsed
 
 
 # --- item 5: deadlines, shared calls, endless walks --------------------------------------------
@@ -303,7 +311,9 @@ async def test_a_trickling_body_ends_at_the_call_deadline() -> None:
             with pytest.raises(KPSTimeout) as caught:
                 await kps.list_running_tasks()
         elapsed = time.monotonic() - started
-    assert 1.1 < elapsed < 3.0, elapsed
+    # At least the call's 1.2 s deadline; the upper bound only guards against a hang (the trickle
+    # lasts 100 s), not a speed claim.
+    assert 1.1 < elapsed < 8.0, elapsed
     assert 1 <= len(arrivals) <= 2  # a retry fits in the call's 1.2 s, never a third attempt
     assert "did not answer within" in str(caught.value)
 
@@ -314,15 +324,12 @@ async def test_a_later_caller_does_not_join_a_stalled_call() -> None:
         kps = client(base, http, retry=RetryPolicy(attempts=1))
         stalled = asyncio.create_task(kps.list_running_tasks(10, 0))
         await asyncio.sleep(0.6)  # older than the 0.4 s a call is shared for
-        started = time.monotonic()
         async with asyncio.timeout(10):  # before: joined the stalled call, and its 100 s
             page = await kps.list_running_tasks(10, 0)
-        waited = time.monotonic() - started
         with pytest.raises(KPSTimeout):
             await stalled
     # Joining would have ended in the stalled call's KPSTimeout, 0.6 s later, not in a page.
     assert [t.task_id for t in page.tasks] == ["healthy"]
-    assert waited < 1.0, waited
     assert len(arrivals) == 2
 
 
@@ -360,7 +367,7 @@ async def test_a_walk_stops_at_its_time_limit() -> None:
         elapsed = time.monotonic() - started
     assert snapshot.cut_short is WalkLimit.TIME and not snapshot.complete
     assert 2 <= snapshot.requests <= 10 and len(snapshot.tasks) == snapshot.requests
-    assert elapsed < 1.5, elapsed
+    assert elapsed < 10.0, elapsed  # a hang guard: a million pages at 50 ms would take 14 h
 
 
 # --- item 11: implausible times, long Retry-After ----------------------------------------------
@@ -437,7 +444,8 @@ async def test_a_long_retry_after_ends_the_call_at_once() -> None:
             with pytest.raises(KPSThrottled) as caught:
                 await client(base, http).list_running_tasks()
         elapsed = time.monotonic() - started
-    assert hits == 1 and elapsed < 1.0
+    # One request and no wait: waiting even the 10 s cap would take longer than this bound.
+    assert hits == 1 and elapsed < 5.0
     error = caught.value
     assert error.status == 429 and error.retry_after == 99999 and not error.retryable
     assert str(error).startswith("KPS is throttling requests; it asks to wait 99,999 s")
