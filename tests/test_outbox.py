@@ -167,7 +167,8 @@ async def test_the_runtime_client_retries_a_text_500_then_the_outbox_waits(
         token=slack.bot_token, base_url=slack.api_url, retry_handlers=slack_retry_handlers()
     )
     clock = Clock()
-    watcher = make_watcher(store, kps_client, client, clock=clock)
+    # The client's two retries back off ~1.5 s: inside half the claim, or the outbox gives up.
+    watcher = make_watcher(store, kps_client, client, clock=clock, claim_ttl=10.0)
     await watcher.scan()
     slack.fail_next("chat.postMessage", status=500, body="text", times=3)
     assert await watcher.deliver() == 0
