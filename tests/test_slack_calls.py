@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import slack_retry_handlers
@@ -86,14 +87,16 @@ async def test_a_fractional_or_dated_retry_after_is_waited_not_raised(header: st
     assert answer["ok"] is True and hits == 2
 
 
-async def test_replies_never_raise_on_a_retry_after_slack_sdk_cannot_parse() -> None:
+@pytest.mark.parametrize("stock", [False, True], ids=["runtime-handlers", "slack-sdk-handler"])
+async def test_replies_never_raise_on_a_retry_after_slack_sdk_cannot_parse(stock: bool) -> None:
     # Replies.send promises not to raise; slack_sdk's own 429 handler raised ValueError on
     # "Retry-After: soon" and the listener answered "Something went wrong" instead.
     async def handle(request: web.Request) -> web.Response:
         return web.Response(status=429, text="slow down", headers={"Retry-After": "soon"})
 
     async with serving(handle) as base, aiohttp.ClientSession() as session:
-        replies = Replies(session, retry_handlers=slack_retry_handlers(), allowed=lambda _: True)
+        handlers = [AsyncRateLimitErrorRetryHandler()] if stock else slack_retry_handlers()
+        replies = Replies(session, retry_handlers=handlers, allowed=lambda _: True)
         async with asyncio.timeout(5):
             assert await replies.send(base + "hook", build_line("hi")) is False
 
