@@ -33,7 +33,8 @@ def test_retry_after_reads_seconds_and_dates_and_ignores_the_rest() -> None:
     assert found is not None and 55 <= found <= 60
     past = email.utils.format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
     assert parse_retry_after(past) == 0.0
-    for junk in ("soon", "nan", "inf", "", "Mon, 99 Xyz 2020", None, [], 3):
+    junks: tuple[object, ...] = ("soon", "nan", "inf", "", "Mon, 99 Xyz 2020", None, [], 3)
+    for junk in junks:
         assert parse_retry_after(junk) is None, junk
     assert retry_after({"retry-AFTER": ["7"]}) == 7.0
     assert retry_after({"Content-Type": "text/plain"}) is None
