@@ -15,7 +15,6 @@ from slack_bolt.response import BoltResponse
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
-    AsyncRateLimitErrorRetryHandler,
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.web.async_client import AsyncWebClient
@@ -30,6 +29,7 @@ from bot.kps import KPSClient, RetryPolicy
 from bot.logs import correlation_id, new_correlation_id, register_secret
 from bot.readiness import Readiness
 from bot.replies import Replies
+from bot.retryafter import CappedRateLimitHandler
 from bot.scan import Notices
 from bot.services import Provided, SeenEvents, utc_now
 from bot.store import Store
@@ -63,13 +63,18 @@ def build_kps_auth(settings: Settings) -> httpx.Auth:
     raise TypeError(f"unknown auth settings {type(auth).__name__}")
 
 
-def slack_retry_handlers() -> list[AsyncRetryHandler]:
-    """Retry connection errors, 429 (after Retry-After) and 5xx; slack_sdk only does the first."""
-    return [
+def slack_retry_handlers(*, rate_limits: bool = True) -> list[AsyncRetryHandler]:
+    """Retry connection errors, 429 (a short Retry-After only) and 5xx; slack_sdk does the first.
+
+    `rate_limits=False` leaves a 429 to the caller: the outbox's `classify` owns rate limits.
+    """
+    handlers: list[AsyncRetryHandler] = [
         AsyncConnectionErrorRetryHandler(max_retry_count=2),
-        AsyncRateLimitErrorRetryHandler(max_retry_count=2),
         AsyncServerErrorRetryHandler(max_retry_count=2),
     ]
+    if rate_limits:
+        handlers.insert(1, CappedRateLimitHandler(max_retry_count=2))
+    return handlers
 
 
 @dataclass
@@ -166,7 +171,13 @@ def build_runtime(
         watcher = Watcher(
             store=store,
             kps=kps,
-            slack=slack,
+            # Its own client on the same session: a 429 goes straight to the outbox's policy.
+            slack=AsyncWebClient(
+                token=settings.slack_bot_token.reveal(),
+                base_url=settings.slack_api_url,
+                session=session,
+                retry_handlers=slack_retry_handlers(rate_limits=False),
+            ),
             notices=Notices(
                 channel=channel,
                 project_id=settings.project_id,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import enum
 import logging
 import math
@@ -28,6 +27,7 @@ from bot.errors import (
     decode_error,
     request_id_of,
 )
+from bot.retryafter import retry_after as retry_after_header
 from bot.tasks import BadRecord, FailedTask, Page, Task, TaskStatus
 
 log = logging.getLogger(__name__)
@@ -387,7 +387,7 @@ class KPSClient:
                     response.content,
                     reason=response.reason_phrase,
                 )
-                retry_after = _retry_after(response.headers)
+                retry_after = retry_after_header(response.headers)
             wait = self._retry.delay(attempt, retry_after, self._jitter())
             if (
                 not error.retryable
@@ -479,24 +479,6 @@ def _summarize(pages: Sequence[Page], limit: WalkLimit | None, requests: int) ->
             extra={"totals": sorted(totals), "seen": len(seen), "rejected": len(unusable)},
         )
     return Snapshot(tuple(seen.values()), total, complete, requests, limit, tuple(unusable))
-
-
-def _retry_after(headers: httpx.Headers) -> float | None:
-    value = headers.get("Retry-After")
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            parsed = email.utils.parsedate_to_datetime(value) if value else None
-        except (TypeError, ValueError):  # neither seconds nor an HTTP date: ignore the header
-            return None
-        if parsed is None or parsed.tzinfo is None:
-            return None
-        seconds = (parsed - datetime.now(UTC)).total_seconds()
-    # "nan" parses as a float, and asyncio.sleep(nan) returns at once: use the backoff instead.
-    return None if math.isnan(seconds) else max(seconds, 0.0)
 
 
 async def _json(body: bytes, answer: _Answer) -> Any:

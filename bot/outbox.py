@@ -7,22 +7,25 @@ again, as the README promises ("retried, never dropped").
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import aiohttp
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.alerts import NoticeState
 from bot.blockkit import redact_payload
+from bot.retryafter import retry_after
 from bot.store import POST, REPLY, UPDATE, OutboxItem, Store
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +164,7 @@ class Outbox:
         self._clock = clock
         self.next_due: float | None = None  # after deliver(): seconds until a waiting row is due
         self._paused_until: datetime | None = None
+        self._unexpected: set[str] = set()  # kinds of unforeseen errors already logged in full
         self._slack_ok = False  # unknown at start, so the first success clears a stale problem
 
     async def deliver(self) -> int:
@@ -217,18 +221,20 @@ class Outbox:
         # Rows stored before redaction existed, or by another version, are redacted here too.
         payload = redact_payload(payload)
         try:
-            if item.kind == UPDATE:
-                response = await self._slack.chat_update(
-                    channel=item.channel, ts=item.notice_ts or "", **payload
-                )
-            else:
-                response = await self._slack.chat_postMessage(
-                    channel=item.channel,
-                    thread_ts=item.notice_ts if item.kind == REPLY else None,
-                    unfurl_links=False,
-                    unfurl_media=False,
-                    **payload,
-                )
+            # Well inside the claim: a row still in flight when its claim expires is sent twice.
+            async with asyncio.timeout(self._config.claim_ttl / 2):
+                if item.kind == UPDATE:
+                    response = await self._slack.chat_update(
+                        channel=item.channel, ts=item.notice_ts or "", **payload
+                    )
+                else:
+                    response = await self._slack.chat_postMessage(
+                        channel=item.channel,
+                        thread_ts=item.notice_ts if item.kind == REPLY else None,
+                        unfurl_links=False,
+                        unfurl_media=False,
+                        **payload,
+                    )
         except SlackApiError as error:
             return await self._not_accepted(item, *read_refusal(error))
         except AttributeError:
@@ -237,6 +243,15 @@ class Outbox:
             return await self._not_accepted(item, None, None, None, "an unreadable 200 answer")
         except (aiohttp.ClientError, TimeoutError) as error:
             why = f"{type(error).__name__} talking to Slack"
+            return await self._not_accepted(item, None, None, None, why)
+        except Exception as error:
+            # Anything else (a client-side bug, an answer nobody foresaw) waits like a transient
+            # failure rather than failing the step with the row claimed; the traceback is logged
+            # once per kind of error, so a repeating one does not flood the log.
+            if type(error).__name__ not in self._unexpected:
+                self._unexpected.add(type(error).__name__)
+                log.exception("unexpected error sending a stale-notice %s", item.kind)
+            why = f"unexpected {type(error).__name__} talking to Slack"
             return await self._not_accepted(item, None, None, None, why)
         ts, channel = response.get("ts"), response.get("channel")
         await self._store.mark_sent(
@@ -339,17 +354,29 @@ def read_refusal(error: SlackApiError) -> tuple[int | None, str | None, float | 
         why = f"HTTP {status} {code}" if status != 200 else code
     else:
         why = f"HTTP {status}, an answer that is not Slack's JSON"
-    return status, code, _retry_after(headers), why
+    return status, code, retry_after(headers), why
 
 
-def _retry_after(headers: Any) -> float | None:
-    if not headers:
-        return None
-    for name, value in dict(headers).items():
-        if str(name).lower() == "retry-after":
-            try:
-                seconds = float(value if not isinstance(value, list) else value[0])
-            except (TypeError, ValueError):
-                return None
-            return seconds if math.isfinite(seconds) and seconds >= 0 else None
-    return None
+# What a Slack call can raise when Slack, or something in its place, answers oddly: slack_sdk
+# raises AttributeError itself on a 200 whose JSON is not an object (an array, say).
+SLACK_CALL_ERRORS: Final = (SlackClientError, AttributeError, aiohttp.ClientError, TimeoutError)
+
+
+def describe_slack_failure(error: BaseException) -> str:
+    """Slack's error code, or a short description when there was no Slack answer to read."""
+    if isinstance(error, SlackApiError):
+        _, code, _, why = read_refusal(error)
+        return code or why
+    if isinstance(error, AttributeError):
+        return "an answer that is not Slack's JSON"
+    if isinstance(error, SlackClientError):
+        return f"a client error ({type(error).__name__})"
+    return f"no answer ({type(error).__name__})"
+
+
+async def slack_call(call: Awaitable[T]) -> tuple[T, None] | tuple[None, str]:
+    """Await one Slack call: (its answer, None), or (None, why) when it failed in any way."""
+    try:
+        return await call, None
+    except SLACK_CALL_ERRORS as error:
+        return None, describe_slack_failure(error)

@@ -9,7 +9,7 @@ from datetime import datetime
 from typing import Final
 
 import aiohttp
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.outbox import read_refusal
@@ -87,7 +87,14 @@ class Readiness:
         try:
             async with asyncio.timeout(AUTH_TEST_SECONDS):
                 answer = await self._slack.auth_test()
-        except (SlackApiError, aiohttp.ClientError, OSError, TimeoutError) as error:
+        except (
+            SlackClientError,
+            aiohttp.ClientError,
+            OSError,
+            TimeoutError,
+            ValueError,  # an unreadable answer inside slack_sdk must not end the start or retry
+            AttributeError,  # slack_sdk reading a 200 whose JSON is not an object
+        ) as error:
             problem = describe_auth_failure(error)
             if problem != self.slack_problem:
                 cause = "" if isinstance(error, SlackApiError) else f" ({type(error).__name__})"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal
 
 import aiohttp
+from slack_sdk.errors import SlackClientError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.webhook.async_client import AsyncWebhookClient
 
@@ -69,7 +70,8 @@ class Replies:
         body = redact_payload(body)
         try:
             response = await client.send_dict(body)
-        except (aiohttp.ClientError, TimeoutError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError, SlackClientError) as exc:
+            # ValueError: an odd answer inside slack_sdk; SlackClientError: any of its refusals.
             log.warning("response_url post failed", extra={"why": type(exc).__name__})
             return False
         if response.status_code != 200:

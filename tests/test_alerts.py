@@ -97,6 +97,25 @@ async def test_acknowledge_and_snooze_survive_a_restart(
     assert await again.shutdown() == 0
 
 
+async def test_acknowledge_answers_in_words_when_chat_update_gets_a_json_array(
+    bot_factory: Any, sim: Simulator, slack: FakeSlack, state_url: str
+) -> None:
+    # slack_sdk raised AttributeError on the array; the click answered "Something went wrong".
+    sim.tasks = []
+    add_stale(sim, 1)
+    bot = await start(bot_factory, state_url)
+    await wait_for(slack, "chat.postMessage", 1, timeout=10, where=notice_post)
+    (notice,) = top_level(slack)
+    slack.fail_next("chat.update", status=200, body="array")
+    await bot.sender.action(
+        ACTION_ACK, value_of(notice, ACTION_ACK), slack.response_url(), user="U0ALICE"
+    )
+    (answer,) = await wait_for(slack, "response_url", 1, timeout=10, where=lambda c: c.ok)
+    assert answer.args["replace_original"] is True
+    assert "Acknowledged by <@U0ALICE>" in json.dumps(answer.args["blocks"])
+    assert "Something went wrong" not in json.dumps(answer.args)
+
+
 async def test_list_all_pages_through_a_big_notice(
     bot_factory: Any, sim: Simulator, slack: FakeSlack, state_url: str
 ) -> None:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiohttp import web
+from slack_sdk.http_retry.builtin_async_handlers import AsyncRateLimitErrorRetryHandler
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import slack_retry_handlers
@@ -22,6 +26,7 @@ from bot.outbox import (
 from bot.sandbox.fakeslack import ODD_BODIES, FakeSlack
 from bot.sandbox.simulator import Simulator
 from bot.store import Store
+from tests.slackstub import serving
 from tests.watching import Clock, add_stale, make_watcher, ok_posts, top_level
 
 # --- the policy, pure ----------------------------------------------------------------------------
@@ -167,7 +172,8 @@ async def test_the_runtime_client_retries_a_text_500_then_the_outbox_waits(
         token=slack.bot_token, base_url=slack.api_url, retry_handlers=slack_retry_handlers()
     )
     clock = Clock()
-    watcher = make_watcher(store, kps_client, client, clock=clock)
+    # The client's two retries back off ~1.5 s: inside half the claim, or the outbox gives up.
+    watcher = make_watcher(store, kps_client, client, clock=clock, claim_ttl=10.0)
     await watcher.scan()
     slack.fail_next("chat.postMessage", status=500, body="text", times=3)
     assert await watcher.deliver() == 0
@@ -233,3 +239,52 @@ async def test_a_retry_after_of_a_day_pauses_sending_five_minutes_at_most(
     assert len(slack.calls_to("chat.postMessage")) == 1
     clock.advance(11)
     assert await watcher.deliver() == 1
+
+
+async def test_an_unexpected_error_in_the_client_is_a_retry_not_a_failed_step(
+    empty_sim: Simulator, store: Store, kps_client: KPSClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    # slack_sdk's stock 429 handler raises ValueError on a Retry-After it cannot int(): that
+    # escaped deliver() and left the row claimed.
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(status=429, text="slow down", headers={"Retry-After": "soon"})
+
+    add_stale(empty_sim, 1)
+    async with serving(handle) as base:
+        client = AsyncWebClient(
+            token="xoxb-1", base_url=base, retry_handlers=[AsyncRateLimitErrorRetryHandler()]
+        )
+        clock = Clock()
+        watcher = make_watcher(store, kps_client, client, clock=clock)
+        await watcher.scan()
+        with caplog.at_level(logging.WARNING, logger="bot.outbox"):
+            assert await watcher.deliver() == 0
+            clock.advance(1.5)
+            assert await watcher.deliver() == 0
+    (row,) = await store.pending()
+    assert row.attempts == 2
+    said = [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()]
+    assert len(said) == 2 and all("unexpected ValueError" in s for s in said)
+    logged = [r for r in caplog.records if r.exc_info]
+    assert len(logged) == 1  # the traceback once, not at every attempt
+
+
+async def test_a_slack_call_that_hangs_ends_well_inside_the_claim(
+    empty_sim: Simulator, store: Store, kps_client: KPSClient
+) -> None:
+    # Without a deadline of its own, a silent Slack held the row past its claim: sent twice.
+    async def handle(request: web.Request) -> web.Response:
+        await asyncio.sleep(30)
+        return web.json_response({"ok": True})
+
+    add_stale(empty_sim, 1)
+    async with serving(handle) as base:
+        client = AsyncWebClient(token="xoxb-1", base_url=base)
+        watcher = make_watcher(store, kps_client, client, clock=Clock(), claim_ttl=2.0)
+        await watcher.scan()
+        started = time.monotonic()
+        async with asyncio.timeout(10):
+            assert await watcher.deliver() == 0
+        assert time.monotonic() - started < 2.0
+    (row,) = await store.pending()
+    assert row.attempts == 1

@@ -116,6 +116,39 @@ async def test_share_on_a_thread_answer_posts_in_the_channel_not_the_thread(
     assert in_channel == [mention["ts"], posts[1].result["ts"]]
 
 
+async def test_share_on_a_thread_answer_says_in_words_when_slack_answers_garbage(
+    bot: RunningBot, slack: FakeSlack
+) -> None:
+    # A 200 whose body is not JSON reached the listener as an aiohttp response, and reading it
+    # like Slack's JSON raised AttributeError: the user saw "Something went wrong".
+    mention = slack.add_user_message("C0GENERAL", "U0ALICE", "<@U0BOT> tasks")
+    event = {
+        "type": "app_mention",
+        "user": "U0ALICE",
+        "text": "<@U0BOT> tasks",
+        "ts": mention["ts"],
+        "channel": "C0GENERAL",
+        "event_ts": mention["ts"],
+    }
+    await bot.sender.event(event, event_id="EvShareGarbage")
+    (answer,) = await wait_for(slack, "chat.postMessage", 1, timeout=10)
+    assert answer.result is not None
+    share = button(answer.args, ACTION_SHARE)
+    assert share is not None
+    payload = bot.sender.action_payload(
+        ACTION_SHARE, share["value"], slack.response_url("thread"), ephemeral=False
+    )
+    payload["container"].update(message_ts=answer.result["ts"], thread_ts=mention["ts"])
+    payload["message"] = {**answer.result["message"], "thread_ts": mention["ts"]}
+    slack.fail_next("chat.postMessage", status=200, body="garbage")
+    await click(bot, payload)
+
+    (said,) = await wait_for(slack, "response_url", 1, timeout=10)
+    words = texts(said.args)
+    assert "Could not share the list in the channel" in words
+    assert "not Slack's JSON" in words and "Something went wrong" not in words
+
+
 async def test_share_on_an_ephemeral_page_still_answers_in_channel(
     bot: RunningBot, slack: FakeSlack
 ) -> None:
@@ -205,6 +238,19 @@ async def test_home_says_so_when_the_list_cannot_reach_messages(
     note = published[1].args["view"]["blocks"][-1]["elements"][0]["text"]
     assert "Could not send the list to your Messages tab" in note
     assert "`messages_tab_disabled`" in note
+
+
+async def test_home_says_so_when_slack_answers_the_list_with_a_json_array(
+    bot: RunningBot, slack: FakeSlack
+) -> None:
+    # slack_sdk itself raised AttributeError on a 200 whose JSON is an array; it escaped the
+    # listener's `except SlackApiError` and Home showed nothing.
+    slack.fail_next("chat.postMessage", status=200, body="array")
+    await open_home_and_click_list(bot, slack)
+    published = await wait_for(slack, "views.publish", 2, timeout=10)
+    note = published[1].args["view"]["blocks"][-1]["elements"][0]["text"]
+    assert "Could not send the list to your Messages tab" in note
+    assert "not Slack's JSON" in note
 
 
 # --- slow KPS: a Loading state at once -----------------------------------------------------------

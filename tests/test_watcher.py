@@ -244,13 +244,21 @@ async def test_slack_429_twice_then_ok_delivers_once(
     empty_sim: Simulator, slack: FakeSlack, store: Store, kps_client: KPSClient
 ) -> None:
     add_stale(empty_sim, 2)
-    # The runtime's client: it retries 429 after Retry-After twice before the outbox sees it.
+    # The runtime's outbox client: it leaves every 429 to the outbox, which pauses for it.
     client = AsyncWebClient(
-        token=slack.bot_token, base_url=slack.api_url, retry_handlers=slack_retry_handlers()
+        token=slack.bot_token,
+        base_url=slack.api_url,
+        retry_handlers=slack_retry_handlers(rate_limits=False),
     )
-    watcher = make_watcher(store, kps_client, client)
+    clock = Clock()
+    watcher = make_watcher(store, kps_client, client, clock=clock)
     await watcher.scan()
     slack.fail_next("chat.postMessage", status=429, retry_after=1, times=2)
+    assert await watcher.deliver() == 0
+    assert [c.status for c in slack.calls_to("chat.postMessage")] == [429]
+    clock.advance(1.5)
+    assert await watcher.deliver() == 0
+    clock.advance(1.5)
     assert await watcher.deliver() == 1
     posts = slack.calls_to("chat.postMessage")
     assert [c.status for c in posts] == [429, 429, 200]

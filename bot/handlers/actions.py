@@ -9,7 +9,6 @@ from datetime import datetime
 from typing import Any
 
 from slack_bolt.context.ack.async_ack import AsyncAck
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.blockkit import BadButtonValue, redact_payload
@@ -24,6 +23,7 @@ from bot.config import Settings
 from bot.handlers.pages import page_message, send_page
 from bot.inflight import InFlight
 from bot.kps import KPSClient
+from bot.outbox import slack_call
 from bot.replies import Replies, ResponseType
 from bot.services import acked
 
@@ -88,10 +88,8 @@ async def handle_share(
             return
         # A response_url of a message in a thread answers in that thread, so the page would
         # land beside the one it copies; the bot was mentioned there, so it may post.
-        try:
-            await client.chat_postMessage(channel=channel, **message.as_payload())
-        except SlackApiError as error:
-            said = str(error.response.get("error") or "an error")
+        _, said = await slack_call(client.chat_postMessage(channel=channel, **message.as_payload()))
+        if said is not None:
             log.warning("sharing in the channel failed", extra={"why": said})
             notice = build_line(f"Could not share the list in the channel: Slack answered {said}.")
             await replies.send(body["response_url"], notice)
@@ -118,30 +116,30 @@ async def handle_list(
         if ref is None or not isinstance(user, str):
             return
         message = await page_message(kps, settings, clock, ref)
-        try:
-            await client.chat_postMessage(channel=user, **message.as_payload())
+        _, said = await slack_call(client.chat_postMessage(channel=user, **message.as_payload()))
+        if said is None:
             app = body.get("api_app_id")
             note = list_sent_note(
                 team=_inner(body, "team", "id"),
                 app=app if isinstance(app, str) else None,
                 at=clock(),
             )
-        except SlackApiError as error:
-            said = str(error.response.get("error") or "")
+        else:
             log.warning("could not send the list to the Messages tab", extra={"why": said})
             note = list_not_sent_note(said)
         view = body.get("view")
         if not isinstance(view, dict):
             return
         hash_ = view.get("hash")
-        try:
-            await client.views_publish(
+        _, said = await slack_call(
+            client.views_publish(
                 user_id=user,
                 view=redact_payload(build_home_note(view, note, page_size=settings.page_size)),
                 hash=hash_ if isinstance(hash_, str) else None,
             )
-        except SlackApiError as error:  # hash_conflict: Home was redrawn meanwhile, keep that
-            log.info("Home note not shown", extra={"why": error.response.get("error")})
+        )
+        if said is not None:  # hash_conflict: Home was redrawn meanwhile, keep that
+            log.info("Home note not shown", extra={"why": said})
 
 
 def _thread_channel(body: dict[str, Any]) -> str | None:

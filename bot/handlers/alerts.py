@@ -13,7 +13,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from slack_bolt.context.ack.async_ack import AsyncAck
-from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.alerts import NoticeState
@@ -28,6 +27,7 @@ from bot.notices import (
     build_stale_notice,
     build_unknown_notice,
 )
+from bot.outbox import slack_call
 from bot.replies import Replies
 from bot.services import acked, view_context
 from bot.store import Store, StoreError
@@ -154,14 +154,15 @@ async def _redraw(
     channel = state.notice.channel or container.get("channel_id")
     ts = state.notice.ts or container.get("message_ts")
     if isinstance(channel, str) and isinstance(ts, str):
-        try:
-            await client.chat_update(channel=channel, ts=ts, **message.as_payload())
+        _, said = await slack_call(
+            client.chat_update(channel=channel, ts=ts, **message.as_payload())
+        )
+        if said is None:
             return
-        except SlackApiError as error:
-            log.warning(
-                "could not update the notice; replacing it through response_url",
-                extra={"error": error.response.get("error")},
-            )
+        log.warning(
+            "could not update the notice; replacing it through response_url",
+            extra={"error": said},
+        )
     await _answer(replies, body, message, replace=True)
 
 
