@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from bot.app import Runtime, build_runtime
 from bot.config import AkSkAuthSettings, PasswordAuthSettings, Settings, oauth_conflict
 from bot.errors import KPSAPIError, KPSBadResponse, KPSConnectionError, KPSError, KPSTimeout
+from bot.outbox import SLACK_CALL_ERRORS, describe_slack_failure
 from bot.store import SCHEMA_VERSION, Store, schema_version
 
 
@@ -128,9 +129,13 @@ async def check_slack(runtime: Runtime) -> list[CheckResult]:
     try:
         auth = await runtime.slack.auth_test()
     except SlackApiError as error:
-        return [CheckResult(False, f"Slack rejected the bot token: {error.response.get('error')}")]
+        said = describe_slack_failure(error)
+        return [CheckResult(False, f"Slack rejected the bot token: {said}")]
     except (aiohttp.ClientError, TimeoutError) as error:
         return [CheckResult(False, f"Slack API at {settings.slack_api_url} unreachable: {error}")]
+    except SLACK_CALL_ERRORS as error:  # an answer that is not Slack's JSON, and the like
+        said = describe_slack_failure(error)
+        return [CheckResult(False, f"Slack API at {settings.slack_api_url} answered {said}")]
     results = [
         CheckResult(
             True, f"Slack: signed in as @{auth.get('user')} in workspace {auth.get('team')}"
@@ -143,7 +148,7 @@ async def check_slack(runtime: Runtime) -> list[CheckResult]:
     try:
         info = await runtime.slack.conversations_info(channel=channel)
     except SlackApiError as error:
-        code = error.response.get("error")
+        code = describe_slack_failure(error)
         if code == "missing_scope":
             results.append(
                 CheckResult(
@@ -155,6 +160,10 @@ async def check_slack(runtime: Runtime) -> list[CheckResult]:
             )
         else:
             results.append(CheckResult(False, f"stale-notice channel {channel}: {code}"))
+        return results
+    except SLACK_CALL_ERRORS as error:
+        said = describe_slack_failure(error)
+        results.append(CheckResult(False, f"stale-notice channel {channel}: Slack answered {said}"))
         return results
     data = info.get("channel") or {}
     name = data.get("name", channel)

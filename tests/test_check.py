@@ -183,6 +183,18 @@ async def test_unusable_state_store(sim: Simulator, slack: FakeSlack, tmp_path: 
     assert "alert state store (STATE_URL) cannot be used" in text
 
 
+@pytest.mark.parametrize("method", ["auth.test", "conversations.info"])
+async def test_an_answer_that_is_not_slacks_json_is_a_failed_check_not_a_crash(
+    sim: Simulator, slack: FakeSlack, tmp_path: Path, method: str
+) -> None:
+    state = Secret(f"sqlite+aiosqlite:///{tmp_path / 'state.db'}")
+    settings = make_settings(sim, slack, stale_channel_id="C0ALERTS", state_url=state)
+    slack.fail_next(method, status=200, body="array")
+    status, text = await report(settings)
+    assert status == 1
+    assert "an answer that is not Slack's JSON" in text
+
+
 async def test_unreachable_endpoint(sim: Simulator, slack: FakeSlack, refused_url: str) -> None:
     dead = refused_url
     settings = make_settings(sim, slack, kps_endpoint=dead, kps_max_attempts=1)

@@ -250,7 +250,7 @@ def kps_answering(status: int, body: str, retry_after: str | None) -> Callable[[
 @FAST
 @given(status=statuses, body=bodies, retry_after=retry_after)
 # Found by this fuzz: a Retry-After that is neither seconds nor an HTTP date raised ValueError
-# out of the client instead of being ignored (bot/kps.py _retry_after).
+# out of the client instead of being ignored (bot/retryafter.py parse_retry_after).
 @example(status=503, body="{}", retry_after="soon")
 @example(status=429, body="{}", retry_after="Mon, 99 Xyz 2020")
 @example(
