@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Callable, Generator, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import httpx
 
 from bot.body import ACCEPT_ENCODING, BodyTooLarge, BodyUndecodable, read_body
 from bot.errors import KPSBadResponse, KPSResponseTooLarge, decode_error, request_id_of
+from bot.logs import register_secret, unregister_secret
 from bot.secret import Secret
 
 ALGORITHM: Final = "SDK-HMAC-SHA256"
@@ -43,6 +45,9 @@ _RENEW_FRACTION: Final = 0.1
 # The most of an IAM answer, or of a KPS 401 that is about to be retried, the bot reads. A token
 # response without its catalog (nocatalog=true) is a few KB; with one, tens of KB.
 _MAX_IAM_BODY: Final = 1024 * 1024
+
+# How many of its latest tokens one IamPasswordAuth keeps registered with the log redactor.
+_REDACTED_TOKENS: Final = 8
 
 
 class StaticTokenAuth(httpx.Auth):
@@ -95,6 +100,8 @@ class IamPasswordAuth(httpx.Auth):
         self._clock = clock
         self._token: _Token | None = None
         self._lock = asyncio.Lock()
+        # Tokens registered with the log redactor, newest last (see `_remember`).
+        self._registered: deque[str] = deque()
 
     def __repr__(self) -> str:
         return (
@@ -207,8 +214,20 @@ class IamPasswordAuth(httpx.Auth):
         if margin is None:
             margin = min(_MAX_RENEW_MARGIN, _RENEW_FRACTION * max(expires_at - now, 0.0))
         token = _Token(Secret(value), expires_at, expires_at - margin)
+        self._remember(value)
         self._token = token
         return token
+
+    def _remember(self, value: str) -> None:
+        # Registered so that an error echoing the token URL-quoted or JSON-escaped (which the
+        # shape rules miss) never carries it into logs, the store or Slack. Only the last
+        # _REDACTED_TOKENS stay registered: renewals come about daily, but a gateway answering
+        # 401 to everything makes one per request, and the redactor's pattern would grow
+        # without bound. An older token is no longer sent, so no new error can echo it.
+        register_secret(value)
+        self._registered.append(value)
+        while len(self._registered) > _REDACTED_TOKENS:
+            unregister_secret(self._registered.popleft())
 
 
 async def _read(response: httpx.Response, service: str) -> bytes:

@@ -8,6 +8,7 @@ from http import HTTPStatus
 from typing import Any
 
 _RAW_TEXT_LIMIT = 300  # enough to recognise an HTML error page, short enough for a Slack message
+_MAX_ERROR_JSON = 64 * 1024  # the most of an error body decode_error parses as JSON
 
 
 class KPSError(Exception):
@@ -99,17 +100,20 @@ def decode_error(
     """
     request_id = request_id_of(headers)
     parsed: Any = None
-    try:
-        parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        parsed = None
+    # No error needs more than a few KB of JSON; parsing megabytes would stall the event loop,
+    # so a larger body is shown as raw text. RecursionError: deeply nested brackets.
+    if len(body) <= _MAX_ERROR_JSON:
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            parsed = None
     found = _find_code_and_message(parsed) if isinstance(parsed, dict) else None
     if isinstance(parsed, dict) and request_id is None:
         rid = parsed.get("request_id")
         request_id = rid if isinstance(rid, str) and rid else None
     if found is None:
         phrase = _reason_phrase(status) if reason is None else reason
-        raw = _raw_text(body, phrase)
+        raw = _raw_text(body[:_MAX_ERROR_JSON], phrase)  # the start is all it shows
         return KPSAPIError(status, str(status), raw, request_id, service=service)
     code, message = found
     return KPSAPIError(status, code, message, request_id, service=service)

@@ -97,36 +97,91 @@ _installed: logging.Handler | None = None  # the handler configure_logging put o
 _SECRET_KEY = re.compile(r"(?i)password|passwd|secret|token|signature|^sk$|^authorization$")
 
 
+_ALNUM_RUN: Final = re.compile(r"[A-Za-z0-9]+")
+
+
+def _hex(number: int, width: int) -> str:
+    """A regex for `number` in hex, digits in either case (encoders differ)."""
+    digits = f"{number:0{width}x}"
+    return "".join(f"[{d}{d.upper()}]" if d.isalpha() else d for d in digits)
+
+
+def _forms(value: str) -> set[str]:
+    # httpcore logs headers as bytes reprs, which escape quotes and non-ASCII their own way.
+    return {value, quote(value, safe=""), json.dumps(value)[1:-1], repr(value.encode())[2:-1]}
+
+
+def _char(char: str) -> str:
+    """A regex for one character of a secret as it may appear escaped, in part or whole."""
+    if char.isascii() and char.isalnum():
+        return char
+    forms = {re.escape(char), re.escape(json.dumps(char)[1:-1])}
+    # %2B or %2b in a URL; \u002b in JSON (some encoders escape +, /, = and the like); \/.
+    forms.add("".join(f"%{_hex(byte, 2)}" for byte in char.encode()))
+    if ord(char) <= 0xFFFF:
+        forms.add(rf"\\u{_hex(ord(char), 4)}")
+    if char == "/":
+        forms.add(r"\\/")
+    return f"(?:{'|'.join(sorted(forms, key=len, reverse=True))})"
+
+
+def _any_form(value: str) -> str:
+    """A regex matching `value` with any mix of URL and JSON escapes, or as a bytes repr."""
+    flexible = "".join(_char(char) for char in value)
+    literal = "|".join(re.escape(form) for form in sorted(_forms(value), key=len, reverse=True))
+    return f"{flexible}|{literal}"
+
+
+def _needles(value: str) -> set[str]:
+    """Substrings every escaped form of `value` contains, for `redact`'s cheap first test."""
+    runs = _ALNUM_RUN.findall(value)
+    # Escapes never touch letters and digits, so the longest run of them survives every form.
+    return {max(runs, key=len)} if runs else _forms(value)
+
+
 class Redactor:
     """Replaces credentials in text: known token shapes plus exact values registered at start-up."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._values: set[str] = set()
-        self._exact: re.Pattern[str] | None = None
+        # How many times each secret was registered: `unregister` undoes one registration, so a
+        # value registered twice (say, a token also set as a static secret) stays hidden.
+        self._counts: dict[str, int] = {}
+        # The substrings that betray a secret and the pattern that finds it, swapped as one
+        # tuple: `redact` runs on other threads too (aiosqlite logs from its worker), so it must
+        # never see a set that is being changed, nor a pattern that does not match its needles.
+        self._state: tuple[frozenset[str], re.Pattern[str] | None] = (frozenset(), None)
 
     def register(self, value: str) -> None:
         """Hide this exact value, and its URL-, JSON- and bytes-escaped forms, from now on."""
         if not value:
             return
-        # httpcore logs headers as bytes reprs, which escape quotes and non-ASCII their own way.
-        forms = {
-            value,
-            quote(value, safe=""),
-            json.dumps(value)[1:-1],
-            repr(value.encode())[2:-1],
-        }
         with self._lock:
-            self._values |= forms
-            # Longest first, so a secret that contains another is replaced whole.
-            ordered = sorted(self._values, key=len, reverse=True)
-            self._exact = re.compile("|".join(re.escape(form) for form in ordered))
+            self._counts[value] = self._counts.get(value, 0) + 1
+            self._rebuild()
+
+    def unregister(self, value: str) -> None:
+        """Undo one `register(value)`: the value shows again once no registration is left."""
+        with self._lock:
+            left = self._counts.pop(value, 0) - 1
+            if left > 0:
+                self._counts[value] = left
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        needles: set[str] = set()
+        for value in self._counts:
+            needles |= _needles(value)
+        # Longest first, so a secret that contains another is replaced whole.
+        ordered = sorted(self._counts, key=len, reverse=True)
+        exact = re.compile("|".join(_any_form(value) for value in ordered)) if ordered else None
+        self._state = (frozenset(needles), exact)
 
     def redact(self, text: str) -> str:
         """Return `text` with every credential replaced by [redacted]."""
-        exact, values = self._exact, self._values
+        needles, exact = self._state
         # Plain substring tests first: far cheaper than the regex they spare.
-        if exact is not None and any(value in text for value in values):
+        if exact is not None and any(needle in text for needle in needles):
             text = exact.sub(REDACTED, text)
         lowered = _fold(text)
         for pattern, replacement, words in _PATTERNS:
@@ -151,6 +206,11 @@ _redactor = Redactor()
 def register_secret(value: str) -> None:
     """Hide this exact value in every log line and `redact` result from now on."""
     _redactor.register(value)
+
+
+def unregister_secret(value: str) -> None:
+    """Undo one `register_secret(value)`, for a secret that can no longer be used."""
+    _redactor.unregister(value)
 
 
 def redact(text: str, limit: int | None = None) -> str:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -16,6 +18,7 @@ from aiohttp import web
 from bot.auth import IamPasswordAuth, StaticTokenAuth
 from bot.errors import KPSAPIError, KPSBadResponse, KPSResponseTooLarge
 from bot.kps import KPSClient
+from bot.logs import REDACTED, redact
 from bot.sandbox.simulator import Simulator
 from bot.secret import Secret
 
@@ -51,6 +54,9 @@ class Cloud:
     iam_requests: int = 0
     kps_tokens: list[str | None] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
+    # Tokens with +, / and =, as real (base64) IAM tokens have, in runs too short for the
+    # MII… shape rule: only the registered value can hide them once escaped.
+    base64_tokens: bool = False
 
     def issued_tokens(self) -> list[str]:
         return list(self.issued)
@@ -89,6 +95,9 @@ def _iam_app(cloud: Cloud) -> web.Application:
                 headers={"X-Request-Id": "iam-req-401"},
             )
         token = f"{TOKEN_PREFIX}{len(cloud.issued) + 1}"
+        if cloud.base64_tokens:
+            token = f"MII{len(cloud.issued) + 1}{secrets.token_hex(6)}+{secrets.token_hex(6)}/"
+            token += f"{secrets.token_hex(6)}+{secrets.token_hex(6)}=="
         expires_at = cloud.clock() + cloud.lifetime
         cloud.issued[token] = expires_at
         stamp = datetime.fromtimestamp(expires_at, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -464,3 +473,51 @@ async def test_against_the_simulator() -> None:
     assert renewed.status_code == 200
     assert sim.count("POST", "/v3/auth/tokens") == 3
     assert sim.count("GET", _tasks_path()) == 20 + 2 + 1
+
+
+def _echoes(token: str) -> list[str]:
+    """How a gateway error might quote a token back: URL-quoted, JSON-escaped, \\u-escaped."""
+    document = json.dumps({"token": token})
+    return [
+        f"GET /v3/x?echo={quote(token, safe='')}",
+        document,
+        document.replace("+", "\\u002b"),
+        document.replace("/", "\\/").replace("=", "\\u003D"),
+        f"echo={quote(token, safe='/')}",  # quoted in part
+    ]
+
+
+async def test_issued_tokens_are_redacted_even_when_escaped(base_url: str, cloud: Cloud) -> None:
+    # A KPS or gateway error echoing the request (URL or JSON) would otherwise carry the live
+    # token into the logs, the store and Slack: %2B or \u002b breaks the MII… shape rule.
+    cloud.base64_tokens = True
+    async with httpx.AsyncClient(base_url=base_url, auth=_auth(base_url, cloud)) as client:
+        assert (await client.get(_tasks_path())).status_code == 200
+    (token,) = cloud.issued_tokens()
+    assert "+" in token and "/" in token
+    pieces = [piece for piece in token.replace("/", "+").split("+") if len(piece) > 8]
+
+    for text in _echoes(token):
+        shown = redact(text)
+        assert REDACTED in shown, text
+        assert not any(piece in shown for piece in pieces), shown
+
+
+async def test_only_the_latest_tokens_stay_registered(base_url: str, cloud: Cloud) -> None:
+    # Renewal registers each token; the redactor's pattern must not grow for ever (a gateway
+    # answering 401 to everything makes a token per request).
+    cloud.base64_tokens = True
+    cloud.lifetime = 1000.0
+    async with httpx.AsyncClient(base_url=base_url, auth=_auth(base_url, cloud)) as client:
+        for _ in range(10):
+            assert (await client.get(_tasks_path())).status_code == 200
+            cloud.clock.now += 950  # past the renewal point of the current token
+
+    tokens = cloud.issued_tokens()
+    assert len(tokens) == 10
+    first, *_, latest = tokens
+    echo = f"echo={quote(first, safe='')}"
+    assert redact(echo) == echo  # forgotten: it is no longer sent, so nothing echoes it
+    for token in tokens[-8:]:
+        assert redact(f"echo={quote(token, safe='')}") == f"echo={REDACTED}"
+    assert latest not in redact(json.dumps({"t": latest}).replace("+", "\\u002b"))

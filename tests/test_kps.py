@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 import httpx
 import pytest
+from aiohttp import web
 
 from bot.auth import StaticTokenAuth
 from bot.errors import (
@@ -327,3 +328,45 @@ def test_the_error_decoder_reads_raw_parts_without_a_client() -> None:
     assert decode_error(599, {}, b"").error_msg == "no body"
     assert request_id_of({"X-Openstack-Request-Id": "os-1"}) == "os-1"
     assert request_id_of({}) is None
+
+
+def test_the_error_decoder_survives_deep_nesting_and_skips_huge_bodies() -> None:
+    # json.loads raises RecursionError on deep nesting, which is no KPSError: the user would
+    # have seen "Something went wrong" instead of the status.
+    deep = decode_error(500, {}, b"[" * 100_000)
+    assert (deep.status, deep.error_code) == (500, "500")
+    assert deep.error_msg == "[" * 300  # the start of the raw text, as for any non-JSON body
+    # A well-formed error past 64 KB is not parsed (an error never needs that much JSON).
+    padded = b'{"error_code":"KPS.0002","error_msg":"big"' + b" " * (64 * 1024) + b"}"
+    big = decode_error(400, {}, padded)
+    assert big.error_code == "400" and big.error_msg.startswith('{"error_code":"KPS.0002"')
+    small = decode_error(400, {}, b'{"error_code":"KPS.0002","error_msg":"small"}')
+    assert small.error_code == "KPS.0002"
+
+
+async def test_a_deeply_nested_error_body_reaches_the_caller_as_a_kps_error() -> None:
+    async def nested(request: web.Request) -> web.Response:
+        return web.Response(status=500, body=b"[" * 100_000, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/v3/{project}/running-tasks", nested)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with httpx.AsyncClient(auth=StaticTokenAuth(Secret(TOKEN)), timeout=5) as http:
+            kps = KPSClient(
+                http,
+                endpoint=f"http://{host}:{port}",
+                project_id=PROJECT,
+                retry=RetryPolicy(attempts=1),
+                sleep=Sleeps(),
+            )
+            with pytest.raises(KPSAPIError) as caught:
+                await kps.list_running_tasks()
+    finally:
+        await runner.cleanup()
+    assert (caught.value.status, caught.value.error_code) == (500, "500")
+    assert "500" in str(caught.value)  # words for the user, not "Something went wrong"

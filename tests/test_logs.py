@@ -9,6 +9,8 @@ import json
 import logging
 import re
 import secrets
+import sys
+import threading
 from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
@@ -21,6 +23,7 @@ from bot.kps import KPSClient
 from bot.logs import (
     _PATTERNS,
     REDACTED,
+    Redactor,
     configure_logging,
     correlation_id,
     new_correlation_id,
@@ -485,3 +488,48 @@ def test_skipping_rules_by_their_words_never_changes_what_is_redacted(text: str)
     for pattern, replacement, _ in _PATTERNS:
         every_rule = pattern.sub(replacement, every_rule)
     assert redact(text) == every_rule
+
+
+def test_registering_while_another_thread_redacts_never_raises() -> None:
+    # aiosqlite logs from its worker thread, so `redact` may run while the event loop registers
+    # a renewed IAM token: iterating a set that grows under it raised "Set changed size".
+    redactor = Redactor()
+    for _ in range(30):
+        redactor.register(secrets.token_hex(8))
+    failures: list[BaseException] = []
+    done = threading.Event()
+
+    def redact_until_done() -> None:
+        try:
+            while not done.is_set():
+                redactor.redact("nothing secret in here at all")
+        except BaseException as exc:  # the failure under test, reported to the main thread
+            failures.append(exc)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # hand the GIL back and forth as often as possible
+    worker = threading.Thread(target=redact_until_done)
+    worker.start()
+    try:
+        for _ in range(100):
+            value = secrets.token_hex(8)
+            redactor.register(value)
+            redactor.unregister(value)
+    finally:
+        done.set()
+        worker.join()
+        sys.setswitchinterval(switch)
+    assert failures == []
+
+
+def test_unregister_undoes_one_registration() -> None:
+    redactor = Redactor()
+    value = f"shared-{secrets.token_hex(8)}"
+    redactor.register(value)
+    redactor.register(value)  # say, a static secret that IAM also issued
+    redactor.unregister(value)
+    assert redactor.redact(f"x {value} y") == f"x {REDACTED} y"
+    redactor.unregister(value)
+    assert redactor.redact(f"x {value} y") == f"x {value} y"
+    redactor.unregister(value)  # one too many: harmless
+    assert redactor.redact("plain") == "plain"
