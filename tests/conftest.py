@@ -55,9 +55,9 @@ def _secrets_registered_per_test() -> Iterator[None]:
     """
     from bot.logs import _redactor
 
-    values, exact = set(_redactor._values), _redactor._exact
+    counts, state = dict(_redactor._counts), _redactor._state
     yield
-    _redactor._values, _redactor._exact = values, exact
+    _redactor._counts, _redactor._state = counts, state
 
 
 @pytest.fixture
