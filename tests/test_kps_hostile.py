@@ -10,8 +10,7 @@ import time
 import tracemalloc
 import uuid
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,28 +25,11 @@ from bot.kps import KPSClient, RetryPolicy, WalkLimit
 from bot.sandbox.simulator import Simulator, seed_tasks
 from bot.secret import Secret
 from tests.conftest import PROJECT, TOKEN
+from tests.loopback import Handler, serving
 
 AK = "HPUAEXAMPLEAK1234567"
 SK = "sk-Very-Secret-0123456789abcdefghijklmnop"
 MIB = 1024 * 1024
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@asynccontextmanager
-async def serving(handler: Handler) -> AsyncIterator[str]:
-    """A loopback HTTP server answering every path with `handler`."""
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, shutdown_timeout=1.0)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
 
 
 def client(base: str, http: httpx.AsyncClient, **options: Any) -> KPSClient:

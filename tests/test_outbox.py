@@ -26,7 +26,7 @@ from bot.outbox import (
 from bot.sandbox.fakeslack import ODD_BODIES, FakeSlack
 from bot.sandbox.simulator import Simulator
 from bot.store import Store
-from tests.slackstub import serving
+from tests.loopback import serving
 from tests.watching import Clock, add_stale, make_watcher, ok_posts, top_level
 
 # --- the policy, pure ----------------------------------------------------------------------------
@@ -252,7 +252,7 @@ async def test_an_unexpected_error_in_the_client_is_a_retry_not_a_failed_step(
     add_stale(empty_sim, 1)
     async with serving(handle) as base:
         client = AsyncWebClient(
-            token="xoxb-1", base_url=base, retry_handlers=[AsyncRateLimitErrorRetryHandler()]
+            token="xoxb-1", base_url=base + "/", retry_handlers=[AsyncRateLimitErrorRetryHandler()]
         )
         clock = Clock()
         watcher = make_watcher(store, kps_client, client, clock=clock)
@@ -279,7 +279,7 @@ async def test_a_slack_call_that_hangs_ends_well_inside_the_claim(
 
     add_stale(empty_sim, 1)
     async with serving(handle) as base:
-        client = AsyncWebClient(token="xoxb-1", base_url=base)
+        client = AsyncWebClient(token="xoxb-1", base_url=base + "/")
         watcher = make_watcher(store, kps_client, client, clock=Clock(), claim_ttl=2.0)
         await watcher.scan()
         started = time.monotonic()

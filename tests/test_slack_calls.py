@@ -20,7 +20,7 @@ from bot.readiness import UNREACHABLE, Readiness
 from bot.replies import Replies
 from bot.retryafter import CappedRateLimitHandler, parse_retry_after, retry_after
 from bot.sandbox.fakeslack import FakeSlack
-from tests.slackstub import serving
+from tests.loopback import serving
 
 
 def test_retry_after_reads_seconds_and_dates_and_ignores_the_rest() -> None:
@@ -81,7 +81,7 @@ async def test_a_fractional_or_dated_retry_after_is_waited_not_raised(header: st
 
     async with serving(handle) as base:
         client = AsyncWebClient(
-            token="xoxb-1", base_url=base, retry_handlers=slack_retry_handlers()
+            token="xoxb-1", base_url=base + "/", retry_handlers=slack_retry_handlers()
         )
         async with asyncio.timeout(5):
             answer = await client.chat_postMessage(channel="C0GENERAL", text="hi")
@@ -99,7 +99,7 @@ async def test_replies_never_raise_on_a_retry_after_slack_sdk_cannot_parse(stock
         handlers = [AsyncRateLimitErrorRetryHandler()] if stock else slack_retry_handlers()
         replies = Replies(session, retry_handlers=handlers, allowed=lambda _: True)
         async with asyncio.timeout(5):
-            assert await replies.send(base + "hook", build_line("hi")) is False
+            assert await replies.send(base + "/hook", build_line("hi")) is False
 
 
 async def test_auth_test_answered_with_a_json_array_is_a_problem_not_a_crash() -> None:
@@ -110,7 +110,7 @@ async def test_auth_test_answered_with_a_json_array_is_a_problem_not_a_crash() -
 
     async with serving(handle) as base:
         client = AsyncWebClient(
-            token="xoxb-1", base_url=base, retry_handlers=slack_retry_handlers()
+            token="xoxb-1", base_url=base + "/", retry_handlers=slack_retry_handlers()
         )
         readiness = Readiness(client, None, clock=lambda: datetime.now(UTC))
         assert await readiness.check_slack() is False

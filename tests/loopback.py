@@ -1,4 +1,4 @@
-"""A loopback HTTP server answering every path with one handler: Slack answers no stand-in gives."""
+"""A loopback HTTP server answering every path with one handler: answers no stand-in gives."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @asynccontextmanager
 async def serving(handler: Handler) -> AsyncIterator[str]:
-    """The base URL (ending in /) of a server that answers every request with `handler`."""
+    """The base URL (no trailing /) of a server that answers every request with `handler`."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     runner = web.AppRunner(app, shutdown_timeout=1.0)
@@ -21,6 +21,6 @@ async def serving(handler: Handler) -> AsyncIterator[str]:
     await site.start()
     host, port = runner.addresses[0][:2]
     try:
-        yield f"http://{host}:{port}/"
+        yield f"http://{host}:{port}"
     finally:
         await runner.cleanup()
