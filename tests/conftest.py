@@ -18,6 +18,7 @@ from bot.sandbox.fakeslack import FakeSlack
 from bot.sandbox.simulator import Simulator, seed_tasks
 from bot.secret import Secret
 from bot.server import serve
+from bot.store import Store
 from tests.signed import SlackSender
 
 TOKEN = "sim-static-token"
@@ -197,6 +198,22 @@ ALERTS = "C0ALERTS"  # the stand-in's alerts channel
 def state_url(tmp_path: Any) -> str:
     """A SQLite state file of this test's own."""
     return f"sqlite+aiosqlite:///{tmp_path / 'state.db'}"
+
+
+@pytest.fixture
+async def store(state_url: str) -> AsyncIterator[Store]:
+    """An alert state store on this test's own SQLite file, migrated, closed afterwards."""
+    opened = Store.open(state_url)
+    await opened.migrate()
+    yield opened
+    await opened.close()
+
+
+@pytest.fixture
+def empty_sim(sim: Simulator) -> Simulator:
+    """The simulator with no tasks, so each test says exactly which run."""
+    sim.tasks = []
+    return sim
 
 
 async def _pg_admin() -> tuple[Any, str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -106,20 +105,6 @@ def test_backoff_doubles_up_to_five_minutes() -> None:
 
 
 # --- odd answers from the stand-in, through the real client and store ----------------------------
-
-
-@pytest.fixture
-async def store(state_url: str) -> AsyncIterator[Store]:
-    opened = Store.open(state_url)
-    await opened.migrate()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-def empty_sim(sim: Simulator) -> Simulator:
-    sim.tasks = []
-    return sim
 
 
 ODD_ANSWERS = [

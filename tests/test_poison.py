@@ -8,7 +8,6 @@ and end every other task.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -25,20 +24,6 @@ from tests.conftest import ALERTS, PROJECT, TOKEN
 from tests.watching import add_stale, make_watcher, ok_posts, shown, started_ms, top_level
 
 LEFT_OUT = "left out a task record KPS sent"
-
-
-@pytest.fixture
-async def store(state_url: str) -> AsyncIterator[Store]:
-    opened = Store.open(state_url)
-    await opened.migrate()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-def empty_sim(sim: Simulator) -> Simulator:
-    sim.tasks = []
-    return sim
 
 
 def told(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

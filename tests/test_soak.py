@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from bench.notices import CHANNEL
 from bench.soak import (
@@ -265,14 +263,6 @@ async def test_pick_fault_draws_a_fault_per_kps_request_after_queued_ones(sim: S
 
 
 # --- found by the soak: a failed status lookup is not an unknown outcome --------------------------
-
-
-@pytest.fixture
-async def store(state_url: str) -> AsyncIterator[Store]:
-    opened = Store.open(state_url)
-    await opened.migrate()
-    yield opened
-    await opened.close()
 
 
 async def test_a_failed_lookup_waits_for_the_next_scan_instead_of_saying_unknown(

@@ -277,12 +277,6 @@ def _file(state_url: str) -> Path:
     return Path(state_url.removeprefix("sqlite+aiosqlite:///"))
 
 
-@pytest.fixture
-def empty_sim(sim: Simulator) -> Simulator:
-    sim.tasks = []
-    return sim
-
-
 async def test_a_state_file_deleted_while_running_is_written_back_and_a_restart_repeats_nothing(
     empty_sim: Simulator,
     slack: FakeSlack,

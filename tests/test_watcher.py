@@ -7,7 +7,7 @@ import contextlib
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +34,6 @@ from tests.watching import (
     started_ms,
     top_level,
 )
-
-
-@pytest.fixture
-async def store(state_url: str) -> AsyncIterator[Store]:
-    opened = Store.open(state_url)
-    await opened.migrate()
-    yield opened
-    await opened.close()
-
-
-@pytest.fixture
-def empty_sim(sim: Simulator) -> Simulator:
-    """The simulator with no tasks, so each test says exactly which run."""
-    sim.tasks = []
-    return sim
 
 
 async def test_stale_tasks_are_announced_once_in_one_notice(
